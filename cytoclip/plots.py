@@ -1,0 +1,391 @@
+"""Figures of the study (matplotlib/seaborn; every function returns a ``matplotlib.figure.Figure``) and the
+table of our numbers beside the paper's.
+
+Figures are built with the object API (``Figure``), never ``pyplot`` state, so they work under any backend and
+do not leak between notebook cells. Pass ``synthetic=True`` when the data is the synthetic atlas: every title then
+ends with "(synthetic atlas)", so a figure can never be mistaken for a result on DHARANI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch, Rectangle
+
+__all__ = [
+    "SYNTHETIC_SUFFIX",
+    "titled",
+    "confusion_matrix_figure",
+    "per_region_f1_figure",
+    "embedding_figure",
+    "umap_figure",
+    "retrieval_examples_figure",
+    "training_curves_figure",
+    "segmentation_overlay_figure",
+    "load_paper_tables",
+    "paper_comparison_table",
+    "save_figure",
+]
+
+SYNTHETIC_SUFFIX = "(synthetic atlas)"
+OURS_SYNTHETIC = "synthetic atlas"
+PAPER_SOURCE = "paper (DHARANI)"
+
+
+def titled(title: str, synthetic: bool) -> str:
+    """``title`` with the synthetic-atlas label appended when ``synthetic``."""
+    return f"{title} {SYNTHETIC_SUFFIX}" if synthetic else title
+
+
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Write ``fig`` atomically (format from the suffix, e.g. ``.png``)."""
+    from cytoclip.io import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- classification
+def confusion_matrix_figure(y_true: Sequence, y_pred: Sequence, labels: Sequence | None = None,
+                            normalize: str | None = "true", synthetic: bool = False,
+                            title: str = "Confusion matrix", max_labels: int = 60) -> Figure:
+    """Row-normalised confusion matrix heatmap with region names on both axes.
+
+    ``labels`` fixes the order (default: sorted union of true and predicted); ``normalize`` as in scikit-learn
+    (``"true"`` rows sum to 1, ``None`` raw counts). With more than ``max_labels`` classes the tick labels are
+    dropped (unreadable) but the matrix is still drawn.
+    """
+    import seaborn as sns
+    from sklearn.metrics import confusion_matrix
+
+    if labels is None:
+        labels = sorted(set(map(str, y_true)) | set(map(str, y_pred)))
+        y_true, y_pred = [str(x) for x in y_true], [str(x) for x in y_pred]
+    labels = list(labels)
+    cm = confusion_matrix(y_true, y_pred, labels=labels, normalize=normalize)
+    side = min(4 + 0.25 * len(labels), 24)
+    fig = Figure(figsize=(side + 1.5, side))
+    ax = fig.add_subplot()
+    show = len(labels) <= max_labels
+    sns.heatmap(cm, ax=ax, cmap="viridis", vmin=0, vmax=1 if normalize else None, square=True,
+                xticklabels=labels if show else False, yticklabels=labels if show else False,
+                cbar_kws={"label": "fraction of true class" if normalize == "true" else "count"})
+    ax.set_xlabel("predicted region")
+    ax.set_ylabel("true region")
+    ax.set_title(titled(title, synthetic))
+    if show:
+        ax.tick_params(axis="x", labelrotation=90, labelsize=7)
+        ax.tick_params(axis="y", labelrotation=0, labelsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def per_region_f1_figure(per_class: pd.DataFrame, synthetic: bool = False, title: str = "Per-region F1",
+                         top: int | None = None) -> Figure:
+    """Horizontal bars of F1 per region (sorted), annotated with each region's support.
+
+    ``per_class`` is the ``per_class`` DataFrame of :func:`cytoclip.metrics.classification_report`
+    (columns ``label, f1, support``); ``top`` keeps the ``top`` best and worst halves when there are many regions.
+    """
+    missing = {"label", "f1", "support"} - set(per_class.columns)
+    if missing:
+        raise ValueError(f"per_class: missing columns {sorted(missing)}; expected classification_report's table")
+    df = per_class[per_class["support"] > 0].sort_values("f1", ascending=True)
+    if top is not None and len(df) > top:
+        df = pd.concat([df.head(top // 2), df.tail(top - top // 2)])
+    fig = Figure(figsize=(7, max(2.5, 0.22 * len(df) + 1)))
+    ax = fig.add_subplot()
+    y = np.arange(len(df))
+    ax.barh(y, df["f1"], color="#4c72b0")
+    ax.set_yticks(y, [f"{lab} (n={int(s)})" for lab, s in zip(df["label"], df["support"])], fontsize=7)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("F1")
+    ax.set_title(titled(title, synthetic))
+    fig.tight_layout()
+    return fig
+
+
+# -------------------------------------------------------------------------------------------------- embedding
+def _project_2d(embeddings: np.ndarray, seed: int, method: str = "umap") -> tuple[np.ndarray, str]:
+    """UMAP to 2-D; PCA when asked or when there are too few points for UMAP's neighbourhood graph (n < 15)."""
+    x = np.asarray(embeddings, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"embeddings: expected a 2-D (n, d) array, got shape {x.shape}")
+    if method not in ("umap", "pca"):
+        raise ValueError(f"method: expected 'umap' or 'pca', got {method!r}")
+    if len(x) < 15 or method == "pca":
+        from sklearn.decomposition import PCA
+
+        n_comp = min(2, len(x), x.shape[1])
+        xy = PCA(n_components=n_comp, random_state=seed).fit_transform(x)
+        if xy.shape[1] < 2:
+            xy = np.column_stack([xy, np.zeros(len(xy))])
+        return xy, ("PCA" if method == "pca" else f"PCA (n={len(x)} < 15 points: too few for UMAP)")
+    import umap
+
+    reducer = umap.UMAP(n_neighbors=min(15, len(x) - 1), metric="cosine", random_state=seed, n_jobs=1)
+    return reducer.fit_transform(x), "UMAP (cosine)"
+
+
+def embedding_figure(embeddings: np.ndarray, color_by: Mapping[str, Sequence] | pd.DataFrame,
+                     synthetic: bool = False, title: str = "Image embeddings", seed: int = 0,
+                     palette: Mapping[Any, str] | None = None, max_legend: int = 20,
+                     method: str = "umap") -> Figure:
+    """2-D UMAP of embeddings, one panel per colouring (e.g. ``{"region": ..., "age_gw": ..., "plane": ...}``).
+
+    Falls back to PCA (and says so in the title) only when there are fewer than 15 points; ``method="pca"`` asks
+    for PCA outright (UMAP's first call in a process spends ~20 s compiling with numba). ``palette`` maps region
+    names to colours (e.g. ontology colours). Legends are drawn for up to ``max_legend`` categories.
+    """
+    if isinstance(color_by, pd.DataFrame):
+        color_by = {c: color_by[c].tolist() for c in color_by.columns}
+    if not color_by:
+        raise ValueError("color_by: give at least one colouring, e.g. {'region': labels}")
+    for key, vals in color_by.items():
+        if len(vals) != len(embeddings):
+            raise ValueError(f"color_by[{key!r}]: {len(vals)} values for {len(embeddings)} embeddings")
+    xy, method = _project_2d(embeddings, seed, method)
+    import seaborn as sns
+
+    fig = Figure(figsize=(5.2 * len(color_by), 4.8))
+    axes = fig.subplots(1, len(color_by), squeeze=False)[0]
+    for ax, (key, vals) in zip(axes, color_by.items()):
+        vals = list(vals)
+        cats = sorted(set(map(str, vals)))
+        pal = ({c: palette.get(c, "#888888") for c in cats} if palette and key in ("region", "label")
+               else dict(zip(cats, sns.color_palette("husl", len(cats)).as_hex())))
+        colors = [pal[str(v)] for v in vals]
+        ax.scatter(xy[:, 0], xy[:, 1], c=colors, s=10, linewidths=0)
+        ax.set_title(f"coloured by {key}", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if len(cats) <= max_legend:
+            ax.legend(handles=[Patch(color=pal[c], label=c) for c in cats], fontsize=6, loc="best", frameon=False)
+    fig.suptitle(titled(f"{title}: {method}", synthetic))
+    fig.tight_layout()
+    return fig
+
+
+umap_figure = embedding_figure
+
+
+# -------------------------------------------------------------------------------------------------- retrieval
+def _load_image(img: Any) -> np.ndarray:
+    if isinstance(img, (str, os.PathLike)):
+        from PIL import Image
+
+        with Image.open(img) as im:
+            return np.asarray(im.convert("RGB"))
+    return np.asarray(img)
+
+
+def retrieval_examples_figure(query_images: Sequence, query_labels: Sequence, gallery_images: Sequence,
+                              gallery_labels: Sequence, similarity: np.ndarray, n_queries: int = 4, k: int = 5,
+                              exclude_self: bool = False, synthetic: bool = False, seed: int = 0,
+                              title: str = "Image-to-image retrieval") -> Figure:
+    """Rows of query + top-``k`` gallery images; correct (same label) results framed green, wrong ones red.
+
+    Images are arrays or paths. ``similarity`` is (queries x gallery); ``exclude_self`` drops gallery item i
+    from query i's ranking (one set used as both). ``n_queries`` queries are drawn with a seeded generator.
+    """
+    sim = np.asarray(similarity)
+    if sim.shape != (len(query_images), len(gallery_images)):
+        raise ValueError(f"similarity: shape {sim.shape} does not match {len(query_images)} queries x "
+                         f"{len(gallery_images)} gallery images")
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(len(query_images), size=min(n_queries, len(query_images)), replace=False))
+    k = min(k, len(gallery_images) - (1 if exclude_self else 0))
+    fig = Figure(figsize=(1.6 * (k + 1), 1.8 * len(rows)))
+    axes = fig.subplots(len(rows), k + 1, squeeze=False)
+    for r, q in enumerate(rows):
+        order = [int(j) for j in np.argsort(-sim[q], kind="stable") if not (exclude_self and j == q)][:k]
+        ax = axes[r, 0]
+        ax.imshow(_load_image(query_images[q]))
+        ax.set_title(f"query: {query_labels[q]}", fontsize=7)
+        for c, j in enumerate(order, start=1):
+            ax = axes[r, c]
+            ax.imshow(_load_image(gallery_images[j]))
+            ok = gallery_labels[j] == query_labels[q]
+            ax.add_patch(Rectangle((0, 0), 1, 1, transform=ax.transAxes, fill=False, lw=4,
+                                   edgecolor="#2ca02c" if ok else "#d62728"))
+            ax.set_title(f"{gallery_labels[j]}\n{sim[q, j]:.2f}", fontsize=6)
+        for ax in axes[r]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(titled(f"{title}: query and top {k} (green = same region)", synthetic), fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------------- training
+def _read_run_log(run_dir: Path) -> pd.DataFrame:
+    csv, jsonl = run_dir / "log.csv", run_dir / "metrics.jsonl"
+    if csv.exists():
+        return pd.read_csv(csv)
+    if jsonl.exists():
+        rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+        return pd.DataFrame(rows)
+    raise FileNotFoundError(f"{run_dir}: no log.csv or metrics.jsonl; expected a run directory made by "
+                            "`cytoclip train`")
+
+
+def training_curves_figure(run_dir_or_log: str | os.PathLike | pd.DataFrame, synthetic: bool = False,
+                           title: str = "Training curves") -> Figure:
+    """Loss (left) and every other numeric metric (right) against step/epoch, from a run's log.
+
+    Accepts a run directory (reads ``log.csv``, else ``metrics.jsonl``) or a DataFrame. Columns whose name
+    contains "loss" go to the left panel; other numeric columns except the x axis, ``lr`` and time columns go to
+    the right one (learning rate, when logged, is drawn on a twin axis of the loss panel).
+    """
+    df = run_dir_or_log if isinstance(run_dir_or_log, pd.DataFrame) else _read_run_log(Path(run_dir_or_log))
+    if df.empty:
+        raise ValueError("training log: empty; nothing to plot")
+    xcol = next((c for c in ("step", "global_step", "epoch") if c in df.columns), None)
+    x = df[xcol] if xcol else pd.Series(np.arange(len(df)), name="row")
+    num = [c for c in df.columns if pd.api.types.is_numeric_dtype(df[c]) and c != xcol]
+    skip = {"lr", "learning_rate", "time", "elapsed", "elapsed_s", "wall_s", "epoch", "step"}
+    losses = [c for c in num if "loss" in c.lower()]
+    others = [c for c in num if c not in losses and c.lower() not in skip and not c.lower().endswith("_s")]
+    fig = Figure(figsize=(11, 4))
+    ax_l, ax_r = fig.subplots(1, 2)
+    for c in losses:
+        m = df[c].notna()
+        ax_l.plot(x[m], df[c][m], label=c, marker="." if m.sum() < 30 else None)
+    ax_l.set_xlabel(x.name)
+    ax_l.set_ylabel("loss")
+    ax_l.set_title("loss", fontsize=9)
+    if losses:
+        ax_l.legend(fontsize=7)
+    lr_col = next((c for c in ("lr", "learning_rate") if c in df.columns), None)
+    if lr_col:
+        ax_lr = ax_l.twinx()
+        ax_lr.plot(x, df[lr_col], color="grey", lw=0.8, ls="--")
+        ax_lr.set_ylabel("learning rate", color="grey")
+    for c in others:
+        m = df[c].notna()
+        ax_r.plot(x[m], df[c][m], label=c, marker="." if m.sum() < 30 else None)
+    ax_r.set_xlabel(x.name)
+    ax_r.set_title("validation metrics", fontsize=9)
+    if others:
+        ax_r.legend(fontsize=7)
+    fig.suptitle(titled(title, synthetic))
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------- segmentation
+def segmentation_overlay_figure(image: np.ndarray, label_raster: np.ndarray, class_names: Sequence[str],
+                                colors: Mapping[int, str] | Sequence[str], alpha: float = 0.5,
+                                synthetic: bool = False, title: str = "Coarse segmentation",
+                                max_legend: int = 25) -> Figure:
+    """Section image with the predicted label raster over it (ontology colours) and a legend of the regions shown.
+
+    ``label_raster`` holds class indices (``-1`` = background, not drawn); it may be coarser than ``image``
+    (e.g. one cell per tile) and is stretched over the same extent. ``colors[i]`` is the "#rrggbb" of class i.
+    """
+    from matplotlib.colors import to_rgb
+
+    img = np.asarray(image)
+    lab = np.asarray(label_raster)
+    if lab.ndim != 2:
+        raise ValueError(f"label_raster: expected a 2-D array of class indices, got shape {lab.shape}")
+    h, w = img.shape[:2]
+    rgba = np.zeros(lab.shape + (4,), dtype=np.float32)
+    present = [int(i) for i in np.unique(lab) if i >= 0]
+    for i in present:
+        if i >= len(class_names):
+            raise ValueError(f"label_raster: class index {i} but only {len(class_names)} class names")
+        rgba[lab == i] = (*to_rgb(colors[i]), alpha)
+    fig = Figure(figsize=(9, 9 * h / max(w, 1) * 0.8 + 1))
+    ax = fig.add_subplot()
+    ax.imshow(img, extent=(0, w, h, 0))
+    ax.imshow(rgba, extent=(0, w, h, 0), interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    counts = {i: int((lab == i).sum()) for i in present}
+    shown = sorted(present, key=lambda i: -counts[i])[:max_legend]
+    ax.legend(handles=[Patch(color=colors[i], label=class_names[i]) for i in shown], fontsize=6,
+              loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    ax.set_title(titled(title, synthetic))
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------- paper tables
+def load_paper_tables(path: str | os.PathLike | None = None) -> pd.DataFrame:
+    """The paper's Tables I-IV in long form (``cytoclip/resources/paper_tables.csv`` by default).
+
+    Columns: ``table, image_type, model, image_size, labels, label_type, training_data, validation_data, task,
+    metric, value``; all are strings except ``value`` (float).
+    """
+    if path is None:
+        with resources.as_file(resources.files("cytoclip") / "resources" / "paper_tables.csv") as p:
+            df = pd.read_csv(p, dtype=str, keep_default_na=False)
+        path = "cytoclip/resources/paper_tables.csv"
+    else:
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{path}: paper tables CSV not found")
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    for col in ("table", "model", "metric", "value"):
+        if col not in df.columns:
+            raise ValueError(f"{path}: missing column {col!r}")
+    try:
+        df["value"] = df["value"].astype(float)
+    except ValueError as exc:
+        raise ValueError(f"{path}: column 'value' must be numeric ({exc})") from None
+    return df
+
+
+def paper_comparison_table(ours: pd.DataFrame, paper_csv: str | os.PathLike | None = None,
+                           ours_source: str = OURS_SYNTHETIC, model_map: Mapping[str, str] | None = None,
+                           tables: Sequence[str] | None = None) -> pd.DataFrame:
+    """Our numbers beside the paper's, one row per (table, image type, model, task, metric).
+
+    ``ours`` is long-form with columns ``table, metric, value`` and any of ``image_type, model, label_type, task``
+    (others are ignored), e.g. :func:`cytoclip.evaluate.results_table`; add ``image_size`` ("224"/"336") to pick
+    one of the paper's two CytoCLIP (CLIP) rows, otherwise our number sits beside both. ``model_map`` renames our models to the paper row they stand in for (e.g.
+    ``{"tiny": "CytoCLIP (BiomedCLIP)"}``). Keys missing from ``ours`` match any paper row of that table.
+
+    The result keeps the two sources in separate columns, never mixed: ``ours`` with ``ours_data`` (e.g.
+    "synthetic atlas") and ``paper`` with ``paper_data`` = "paper (DHARANI)"; a side without a number is NaN.
+    Only the paper rows of the tables present in ``ours`` (or ``tables``) are included.
+    """
+    need = {"table", "metric", "value"} - set(ours.columns)
+    if need:
+        raise ValueError(f"ours: missing columns {sorted(need)}; expected long form table/metric/value")
+    paper = load_paper_tables(paper_csv)
+    o = ours.copy()
+    o["table"] = o["table"].astype(str)
+    if model_map and "model" in o.columns:
+        o["model"] = o["model"].map(lambda m: model_map.get(m, m))
+    keys = ["table"] + [c for c in ("image_type", "model", "label_type", "image_size", "task")
+                        if c in o.columns] + ["metric"]
+    for c in keys:
+        o[c] = o[c].fillna("").astype(str)
+    wanted = list(tables) if tables is not None else sorted(o["table"].unique())
+    p = paper[paper["table"].isin(wanted)]
+    # several paper rows can share the key when ours omits a column (e.g. model): keep each of them
+    merged = pd.merge(o[keys + ["value"]].rename(columns={"value": "ours"}),
+                      p[[c for c in p.columns if c in keys or c in ("model", "image_type", "label_type", "task",
+                                                                      "image_size", "value")]]
+                      .rename(columns={"value": "paper"}),
+                      on=keys, how="outer", suffixes=("", "_paper"))
+    merged["ours_data"] = np.where(merged["ours"].notna(), ours_source, "")
+    merged["paper_data"] = np.where(merged["paper"].notna(), PAPER_SOURCE, "")
+    order = {t: i for i, t in enumerate(["I", "II", "III", "IV"])}
+    merged = merged.sort_values(keys, key=lambda s: s.map(order).fillna(99) if s.name == "table" else s,
+                                kind="stable").reset_index(drop=True)
+    extra = [c for c in ("image_type", "model", "label_type", "image_size", "task")
+             if c in merged.columns and c not in keys]
+    front = keys[:-1] + extra + keys[-1:]
+    return merged[front + ["ours", "ours_data", "paper", "paper_data"]]

@@ -1,0 +1,290 @@
+"""Headline results: the schema every notebook writes (``headline.csv``) and the table beside the paper.
+
+Each experiment notebook writes ``results.json`` (all its numbers) and ``headline.csv`` (the few numbers that
+stand for a row of the paper's Tables I-IV). The first ten columns of a headline row use the vocabulary of
+``cytoclip/resources/paper_tables.csv`` -- they name the paper row the number stands beside -- so that
+:func:`beside_paper` can join on them. What *we* ran is said by ``ours_model`` and ``data``; the two sources stay
+in separate columns and are never mixed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from cytoclip.io import atomic_path, write_json
+
+#: the columns that identify a paper row (the join key), in the order of paper_tables.csv
+KEY_COLUMNS = ["table", "image_type", "model", "image_size", "labels", "label_type", "training_data",
+               "validation_data", "task", "metric"]
+#: every column of a headline.csv
+HEADLINE_COLUMNS = KEY_COLUMNS + ["value", "ci_low", "ci_high", "ours_model", "data"]
+DATA_VALUES = ("synthetic atlas", "DHARANI")
+TABLES = ("I", "II", "III", "IV")
+PAPER_DATA = "paper (DHARANI)"
+#: the metrics the paper reports for classification (Tables I-III)
+CLASSIFICATION_METRICS = ("precision_weighted", "recall_weighted", "f1_weighted")
+
+
+class HeadlineError(ValueError):
+    """A headline row or file does not follow the schema: the message names the file/field."""
+
+
+# ------------------------------------------------------------------------------------------------ paper rows
+def paper_tables(path: str | os.PathLike | None = None) -> pd.DataFrame:
+    """The paper's Tables I-IV in long form (columns :data:`KEY_COLUMNS` + ``value``), all keys as strings."""
+    from cytoclip.plots import load_paper_tables
+
+    return load_paper_tables(path)
+
+
+def paper_key(table: str, paper: pd.DataFrame | None = None, **filters: str) -> dict[str, str]:
+    """The key columns (without ``metric``) of the paper row(s) matching ``table`` and ``filters``.
+
+    ``filters`` are exact column values, e.g. ``paper_key("I", model="CytoCLIP (CLIP)", image_size="336",
+    label_type="single")``. Raises :class:`HeadlineError` when nothing matches or the match is ambiguous (several
+    rows that differ in a key column), so a notebook cannot silently place a number beside the wrong row.
+    """
+    paper = paper_tables() if paper is None else paper
+    unknown = set(filters) - set(KEY_COLUMNS)
+    if unknown:
+        raise HeadlineError(f"paper_key: unknown column(s) {sorted(unknown)}; expected some of {KEY_COLUMNS}")
+    rows = paper[paper["table"] == str(table)]
+    for col, val in filters.items():
+        rows = rows[rows[col] == str(val)]
+    if rows.empty:
+        raise HeadlineError(f"paper_key: no row of Table {table} in paper_tables.csv matches {filters}")
+    key_cols = [c for c in KEY_COLUMNS if c != "metric"]
+    distinct = rows[key_cols].drop_duplicates()
+    if len(distinct) > 1:
+        varying = [c for c in key_cols if distinct[c].nunique() > 1]
+        raise HeadlineError(f"paper_key: Table {table} rows matching {filters} differ in {varying}; "
+                            "add those columns to the filter")
+    return {c: str(distinct.iloc[0][c]) for c in key_cols}
+
+
+# ------------------------------------------------------------------------------------------------ our rows
+def _fmt_key(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def headline_row(key: Mapping[str, Any], metric: str, value: float, ci: Mapping[str, float] | Sequence | None = None,
+                 ours_model: str = "", data: str = "synthetic atlas") -> dict[str, Any]:
+    """One headline row: the paper key (``table`` ... ``task``), ``metric``, our ``value`` and its interval.
+
+    ``ci`` is a :func:`cytoclip.metrics.bootstrap_ci` dict (``low``/``high``) or a ``(low, high)`` pair.
+    """
+    if "table" not in key or str(key["table"]) not in TABLES:
+        raise HeadlineError(f"headline key: field 'table' must be one of {TABLES}, got {key.get('table')!r}")
+    if data not in DATA_VALUES:
+        raise HeadlineError(f"headline data: expected one of {DATA_VALUES}, got {data!r}")
+    row = {c: _fmt_key(key.get(c, "")) for c in KEY_COLUMNS if c != "metric"}
+    row["metric"] = str(metric)
+    row["value"] = float(value) if value is not None else float("nan")
+    if ci is None:
+        low = high = float("nan")
+    elif isinstance(ci, Mapping):
+        low, high = float(ci["low"]), float(ci["high"])
+    else:
+        low, high = (float(x) for x in ci)
+    row.update(ci_low=low, ci_high=high, ours_model=str(ours_model), data=data)
+    return row
+
+
+def classification_rows(key: Mapping[str, Any], summary: Mapping[str, Any], ours_model: str, data: str,
+                        metrics: Iterable[str] = CLASSIFICATION_METRICS) -> list[dict[str, Any]]:
+    """Headline rows for the weighted P/R/F1 of a :func:`cytoclip.workflow.classification_summary` dict."""
+    rows = []
+    for m in metrics:
+        if m not in summary:
+            raise HeadlineError(f"classification summary: missing metric {m!r}; has {sorted(summary)}")
+        rows.append(headline_row(key, m, summary[m], summary.get("ci", {}).get(m), ours_model, data))
+    return rows
+
+
+def headline_frame(rows: Iterable[Mapping[str, Any]] | pd.DataFrame, source: str = "headline") -> pd.DataFrame:
+    """Rows as a DataFrame in the schema (:data:`HEADLINE_COLUMNS`), validated; ``source`` names it in errors."""
+    frame = pd.DataFrame(list(rows) if not isinstance(rows, pd.DataFrame) else rows)
+    if frame.empty:
+        return pd.DataFrame(columns=HEADLINE_COLUMNS)
+    missing = [c for c in HEADLINE_COLUMNS if c not in frame.columns]
+    if missing:
+        raise HeadlineError(f"{source}: missing column(s) {missing}; expected {HEADLINE_COLUMNS}")
+    frame = frame[HEADLINE_COLUMNS].copy()
+    for c in KEY_COLUMNS + ["ours_model", "data"]:
+        frame[c] = frame[c].map(_fmt_key)
+    for c in ("value", "ci_low", "ci_high"):
+        frame[c] = pd.to_numeric(frame[c], errors="coerce").astype(float)
+    bad_table = sorted(set(frame["table"]) - set(TABLES))
+    if bad_table:
+        raise HeadlineError(f"{source}: column 'table' has {bad_table}; expected {TABLES}")
+    bad_data = sorted(set(frame["data"]) - set(DATA_VALUES))
+    if bad_data:
+        raise HeadlineError(f"{source}: column 'data' has {bad_data}; expected {DATA_VALUES}")
+    return frame.reset_index(drop=True)
+
+
+def write_results(output_dir: str | os.PathLike, results: Mapping[str, Any],
+                  headline: Iterable[Mapping[str, Any]] | pd.DataFrame) -> tuple[Path, Path]:
+    """Write ``results.json`` (all numbers, JSON-safe) and ``headline.csv`` (validated) into ``output_dir``."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    frame = headline_frame(headline, source=str(out / "headline.csv"))
+    write_json(out / "results.json", to_jsonable(results))
+    with atomic_path(out / "headline.csv") as tmp:
+        frame.to_csv(tmp, index=False)
+    return out / "results.json", out / "headline.csv"
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Numbers, arrays and DataFrames as plain JSON values (NaN -> None; DataFrame -> list of records)."""
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, pd.DataFrame):
+        return [to_jsonable(r) for r in obj.to_dict(orient="records")]
+    if isinstance(obj, pd.Series):
+        return to_jsonable(obj.to_dict())
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, (list, tuple, set)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating, float)):
+        return None if math.isnan(float(obj)) else float(obj)
+    if isinstance(obj, (np.bool_,)):
+        return bool(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+# ------------------------------------------------------------------------------------------------ the study
+def read_headline(path: str | os.PathLike) -> pd.DataFrame:
+    """One ``headline.csv``, validated (the error names the file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: headline file not found")
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    return headline_frame(frame, source=str(path))
+
+
+def collect_headlines(results_root: str | os.PathLike, exclude: Sequence[str] = ("summary",)) -> pd.DataFrame:
+    """Every ``<results_root>/<experiment>/headline.csv`` stacked, with an ``experiment`` column first."""
+    root = Path(results_root)
+    frames = []
+    for path in sorted(root.glob("*/headline.csv")):
+        if path.parent.name in exclude:
+            continue
+        frame = read_headline(path)
+        frame.insert(0, "experiment", path.parent.name)
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=["experiment"] + HEADLINE_COLUMNS)
+    return pd.concat(frames, ignore_index=True)
+
+
+def beside_paper(ours: pd.DataFrame, paper: pd.DataFrame | None = None, all_paper_rows: bool = True) -> pd.DataFrame:
+    """Our headline rows beside the paper's, joined on :data:`KEY_COLUMNS`.
+
+    Columns: the key, ``experiment`` (when given), ``ours``, ``ci_low``, ``ci_high``, ``ours_model``, ``data``,
+    then ``paper`` and ``paper_data``. A paper row nobody ran appears with empty ``ours`` (when
+    ``all_paper_rows``); a number of ours without a paper counterpart appears with empty ``paper``.
+    """
+    paper = paper_tables() if paper is None else paper
+    ours = ours.copy()
+    if "value" in ours.columns:
+        ours = ours.rename(columns={"value": "ours"})
+    for c in KEY_COLUMNS:
+        if c not in ours.columns:
+            raise HeadlineError(f"ours: missing key column {c!r}")
+        ours[c] = ours[c].map(_fmt_key)
+    p = paper[KEY_COLUMNS + ["value"]].rename(columns={"value": "paper"}).copy()
+    for c in KEY_COLUMNS:
+        p[c] = p[c].map(_fmt_key)
+    merged = pd.merge(ours, p, on=KEY_COLUMNS, how="outer" if all_paper_rows else "left")
+    merged["paper_data"] = np.where(merged["paper"].notna(), PAPER_DATA, "")
+    order = {t: i for i, t in enumerate(TABLES)}
+    merged["_t"] = merged["table"].map(order).fillna(99)
+    merged = merged.sort_values(["_t", "image_type", "model", "task", "metric"], kind="stable").drop(columns="_t")
+    front = [c for c in ["experiment"] if c in merged.columns]
+    cols = front + KEY_COLUMNS + ["ours", "ci_low", "ci_high", "ours_model", "data", "paper", "paper_data"]
+    return merged[[c for c in cols if c in merged.columns]].reset_index(drop=True)
+
+
+def verdict(ours: float, low: float, high: float, paper: float, tolerance: float = 0.05) -> str:
+    """How our number relates to the paper's: ``"agrees"`` (the paper's value lies inside our interval, or
+    within ``tolerance`` when we have no interval), ``"higher"``, ``"lower"``, or ``"no paper number"`` /
+    ``"not run"`` when a side is missing."""
+    if paper is None or pd.isna(paper):
+        return "no paper number"
+    if ours is None or pd.isna(ours):
+        return "not run"
+    if not (pd.isna(low) or pd.isna(high)):
+        if low - 1e-12 <= paper <= high + 1e-12:
+            return "agrees"
+    elif abs(ours - paper) <= tolerance:
+        return "agrees"
+    return "higher" if ours > paper else "lower"
+
+
+def add_verdicts(table: pd.DataFrame, tolerance: float = 0.05) -> pd.DataFrame:
+    """:func:`beside_paper` output plus ``difference`` (ours - paper) and ``verdict`` (see :func:`verdict`)."""
+    out = table.copy()
+    out["difference"] = out["ours"] - out["paper"]
+    out["verdict"] = [verdict(o, lo, hi, p, tolerance)
+                      for o, lo, hi, p in zip(out["ours"], out["ci_low"], out["ci_high"], out["paper"])]
+    return out
+
+
+def summary_statements(table: pd.DataFrame) -> list[str]:
+    """Plain-language statements computed from an :func:`add_verdicts` table (no hand-written numbers).
+
+    One statement per paper table on how many comparable numbers agree / are higher / lower, and for Table I the
+    ordering question the paper answers (do the trained CytoCLIP rows beat the zero-shot base rows?).
+    """
+    lines: list[str] = []
+    for t in TABLES:
+        sub = table[table["table"] == t]
+        if sub.empty:
+            continue
+        comparable = sub[sub["verdict"].isin(["agrees", "higher", "lower"])]
+        not_run = int((sub["verdict"] == "not run").sum())
+        data = sorted(set(sub["data"].dropna()) - {""})
+        label = f" ({', '.join(data)})" if data else ""
+        if comparable.empty:
+            lines.append(f"Table {t}: no number of ours{label} has a paper counterpart"
+                         + (f"; {not_run} paper numbers were not run." if not_run else "."))
+            continue
+        counts = comparable["verdict"].value_counts()
+        lines.append(f"Table {t}: of {len(comparable)} numbers of ours{label} with a paper counterpart, "
+                     f"{counts.get('agrees', 0)} agree (the paper's value inside our 95 % interval), "
+                     f"{counts.get('higher', 0)} are higher and {counts.get('lower', 0)} lower; median difference "
+                     f"(ours - paper) {np.nanmedian(comparable['difference']):+.3f}"
+                     + (f"; {not_run} paper numbers were not run." if not_run else "."))
+    t1 = table[(table["table"] == "I") & (table["metric"] == "f1_weighted")]
+    if not t1.empty:
+        base = t1[t1["model"].str.contains("base", na=False)]
+        trained = t1[t1["model"].str.startswith("CytoCLIP", na=False)]
+        for side, col in (("ours", "ours"), ("the paper", "paper")):
+            b, tr = base[col].dropna(), trained[col].dropna()
+            if len(b) and len(tr):
+                holds = tr.min() > b.max()
+                lines.append(f"Table I, {side}: every trained CytoCLIP row {'beats' if holds else 'does not beat'} "
+                             f"every zero-shot base row in weighted F1 (trained {tr.min():.3f}-{tr.max():.3f}, "
+                             f"base {b.min():.3f}-{b.max():.3f}).")
+    return lines
+
+
+__all__ = ["KEY_COLUMNS", "HEADLINE_COLUMNS", "HeadlineError", "paper_tables", "paper_key", "headline_row",
+           "classification_rows", "headline_frame", "write_results", "to_jsonable", "read_headline",
+           "collect_headlines", "beside_paper", "verdict", "add_verdicts", "summary_statements"]

@@ -1,0 +1,376 @@
+"""The study runner: `_config.yml` -> papermill executions -> `book/`.
+
+The study is data (`_config.yml`): profiles (smoke, demo, paper), experiments with their notebook, dependencies
+and parameters. `run_study` executes the experiments in dependency order with papermill, writing each executed
+notebook to ``book/experiments/<id>.ipynb`` and its results to ``book/results/<id>/``. An experiment whose notebook,
+resolved parameters, code and upstream results are unchanged is skipped; a failed experiment is kept (its executed
+notebook shows the error), experiments that depend on it are not run, the others go on, and the run exits non-zero
+naming the failures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import os
+import platform
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cytoclip.io import fingerprint, read_json, write_json
+
+STUDY_FILE = "_config.yml"
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+class StudyConfigError(ValueError):
+    """The study file is malformed: the message names the file and the field."""
+
+
+@dataclass
+class Experiment:
+    id: str
+    notebook: str
+    title: str
+    depends_on: list[str] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+    profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class Study:
+    root: Path
+    path: Path
+    title: str
+    data: dict[str, Any]
+    paths: dict[str, str]
+    defaults: dict[str, Any]
+    profiles: dict[str, dict[str, Any]]
+    experiments: dict[str, Experiment]
+
+    @property
+    def book_dir(self) -> Path:
+        return self.root / self.paths.get("book", "book")
+
+    def results_dir(self, exp_id: str) -> Path:
+        return self.book_dir / "results" / exp_id
+
+    def executed_notebook(self, exp_id: str) -> Path:
+        return self.book_dir / "experiments" / f"{exp_id}.ipynb"
+
+
+def load_study(path: str | os.PathLike | None = None) -> Study:
+    """Read and validate the study file (default ``./_config.yml``)."""
+    path = Path(path or STUDY_FILE).resolve()
+    if not path.is_file():
+        raise StudyConfigError(f"{path}: study file not found (expected the study's _config.yml)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise StudyConfigError(f"{path}: not valid YAML ({exc})") from None
+    for key in ("profiles", "experiments"):
+        if not isinstance(raw.get(key), dict) or not raw[key]:
+            raise StudyConfigError(f"{path}: field '{key}' must be a non-empty mapping")
+    experiments: dict[str, Experiment] = {}
+    for exp_id, spec in raw["experiments"].items():
+        if not isinstance(spec, dict) or "notebook" not in spec:
+            raise StudyConfigError(f"{path}: experiments.{exp_id} needs a 'notebook' field")
+        experiments[exp_id] = Experiment(
+            id=exp_id, notebook=spec["notebook"], title=spec.get("title", exp_id),
+            depends_on=list(spec.get("depends_on") or []), params=dict(spec.get("params") or {}),
+            profiles={k: dict(v or {}) for k, v in (spec.get("profiles") or {}).items()})
+    for exp in experiments.values():
+        for dep in exp.depends_on:
+            if dep not in experiments:
+                raise StudyConfigError(f"{path}: experiments.{exp.id}.depends_on names unknown experiment '{dep}'")
+        for prof in exp.profiles:
+            if prof not in raw["profiles"]:
+                raise StudyConfigError(f"{path}: experiments.{exp.id}.profiles names unknown profile '{prof}'")
+    study = Study(root=path.parent, path=path, title=raw.get("title", "Study"), data=dict(raw.get("data") or {}),
+                  paths=dict(raw.get("paths") or {}), defaults=dict(raw.get("defaults") or {}),
+                  profiles={k: dict(v or {}) for k, v in raw["profiles"].items()}, experiments=experiments)
+    execution_order(study)  # raises on cycles
+    return study
+
+
+def execution_order(study: Study, only: list[str] | None = None) -> list[str]:
+    """Experiments in dependency order (declaration order among equals); ``only`` adds their dependencies."""
+    wanted: list[str] = list(study.experiments)
+    if only:
+        unknown = [e for e in only if e not in study.experiments]
+        if unknown:
+            raise StudyConfigError(f"{study.path}: unknown experiment(s) {unknown}; known: {list(study.experiments)}")
+        closure: set[str] = set()
+        stack = list(only)
+        while stack:
+            e = stack.pop()
+            if e not in closure:
+                closure.add(e)
+                stack.extend(study.experiments[e].depends_on)
+        wanted = [e for e in study.experiments if e in closure]
+    order: list[str] = []
+    state: dict[str, int] = {}
+
+    def visit(e: str, trail: tuple[str, ...]) -> None:
+        if state.get(e) == 2:
+            return
+        if state.get(e) == 1:
+            raise StudyConfigError(f"{study.path}: dependency cycle {' -> '.join(trail + (e,))}")
+        state[e] = 1
+        for dep in study.experiments[e].depends_on:
+            visit(dep, trail + (e,))
+        state[e] = 2
+        order.append(e)
+
+    for e in wanted:
+        visit(e, ())
+    return order
+
+
+def resolve_params(study: Study, exp_id: str, profile: str) -> dict[str, Any]:
+    """defaults < profile params < experiment params < experiment's per-profile params, plus runner-owned keys."""
+    if profile not in study.profiles:
+        raise StudyConfigError(f"{study.path}: unknown profile '{profile}'; known: {list(study.profiles)}")
+    exp = study.experiments[exp_id]
+    params: dict[str, Any] = dict(study.defaults)
+    params.update(study.profiles[profile].get("params") or {})
+    params.update(exp.params)
+    params.update(exp.profiles.get(profile, {}))
+    if study.data.get("source") == "dharani" or params.get("source") == "dharani":
+        params["source"] = "dharani"
+        params["atlas_root"] = params.get("atlas_root") or study.data.get("atlas")
+    params.update(profile=profile, experiment=exp_id,
+                  output_dir=str(study.results_dir(exp_id).relative_to(study.root)))
+    return params
+
+
+def code_fingerprint() -> str:
+    """Fingerprint of the installed cytoclip sources and resources: changed code reruns the study."""
+    files = sorted(p for p in PACKAGE_DIR.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    return fingerprint([(str(p.relative_to(PACKAGE_DIR)), fingerprint(p)) for p in files])
+
+
+@dataclass
+class ExperimentOutcome:
+    id: str
+    status: str  # ok | skipped (unchanged) | failed | blocked (a dependency failed)
+    seconds: float = 0.0
+    message: str = ""
+
+
+def _experiment_fingerprint(study: Study, exp_id: str, params: dict, upstream: dict[str, str], code: str) -> str:
+    nb = study.root / study.experiments[exp_id].notebook
+    return fingerprint(params, nb, upstream, code)
+
+
+def run_study(profile: str = "demo", only: list[str] | None = None, config: str | os.PathLike | None = None,
+              force: bool = False, kernel_name: str | None = None, log=print) -> list[ExperimentOutcome]:
+    """Execute the study's experiments for ``profile``; returns one outcome per experiment in order."""
+    import papermill as pm
+
+    study = load_study(config)
+    order = execution_order(study, only)
+    code = code_fingerprint()
+    outcomes: dict[str, ExperimentOutcome] = {}
+    fingerprints: dict[str, str] = {}
+    (study.book_dir / "experiments").mkdir(parents=True, exist_ok=True)
+    for i, exp_id in enumerate(order, 1):
+        exp = study.experiments[exp_id]
+        failed_deps = [d for d in exp.depends_on if outcomes.get(d) and outcomes[d].status in ("failed", "blocked")]
+        if failed_deps:
+            outcomes[exp_id] = ExperimentOutcome(exp_id, "blocked", message=f"dependency failed: {failed_deps}")
+            log(f"[{i}/{len(order)}] {exp_id}: not run, {outcomes[exp_id].message}")
+            continue
+        params = resolve_params(study, exp_id, profile)
+        upstream = {d: fingerprints.get(d) or _stored_fingerprint(study, d) for d in exp.depends_on}
+        fp = _experiment_fingerprint(study, exp_id, params, upstream, code)
+        fingerprints[exp_id] = fp
+        record_path = study.results_dir(exp_id) / "study.json"
+        previous = read_json(record_path) if record_path.is_file() else {}
+        out_nb = study.executed_notebook(exp_id)
+        if not force and previous.get("fingerprint") == fp and previous.get("status") == "ok" and out_nb.is_file():
+            outcomes[exp_id] = ExperimentOutcome(exp_id, "skipped", message="unchanged")
+            log(f"[{i}/{len(order)}] {exp_id}: unchanged, skipped")
+            continue
+        src = study.root / exp.notebook
+        if not src.is_file():
+            outcomes[exp_id] = ExperimentOutcome(exp_id, "failed", message=f"notebook not found: {src}")
+            log(f"[{i}/{len(order)}] {exp_id}: FAILED, {outcomes[exp_id].message}")
+            continue
+        study.results_dir(exp_id).mkdir(parents=True, exist_ok=True)
+        running = out_nb.with_name(f".{exp_id}.running.ipynb")
+        log(f"[{i}/{len(order)}] {exp_id}: running {exp.notebook} ({profile})")
+        t0 = time.perf_counter()
+        status, message = "ok", ""
+        try:
+            pm.execute_notebook(str(src), str(running), parameters=params, cwd=str(study.root),
+                                kernel_name=kernel_name, progress_bar=False, log_output=False,
+                                report_mode=False)
+        except pm.PapermillExecutionError as exc:
+            status, message = "failed", f"{exc.ename}: {exc.evalue}"
+        except Exception as exc:  # kernel died, bad parameters, ...: shown, the study goes on
+            status, message = "failed", f"{type(exc).__name__}: {exc}"
+        seconds = time.perf_counter() - t0
+        if running.exists():
+            os.replace(running, out_nb)  # the failed notebook is kept on purpose: it shows the error
+        write_json(record_path, {"experiment": exp_id, "title": exp.title, "profile": profile, "status": status,
+                                 "message": message, "fingerprint": fp, "params": params,
+                                 "seconds": round(seconds, 1), "finished": _now()})
+        outcomes[exp_id] = ExperimentOutcome(exp_id, status, seconds, message)
+        log(f"[{i}/{len(order)}] {exp_id}: {status} in {seconds:.0f} s{(' — ' + message) if message else ''}")
+    result = [outcomes[e] for e in order]
+    _write_study_log(study, profile, result)
+    write_toc(study)
+    return result
+
+
+def _stored_fingerprint(study: Study, exp_id: str) -> str | None:
+    path = study.results_dir(exp_id) / "study.json"
+    return read_json(path).get("fingerprint") if path.is_file() else None
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_study_log(study: Study, profile: str, outcomes: list[ExperimentOutcome]) -> None:
+    import torch
+
+    log_path = study.book_dir / "results" / "study_log.json"
+    previous = read_json(log_path) if log_path.is_file() else {}
+    runtimes = dict(previous.get("runtimes", {})) if previous.get("profile") == profile else {}
+    for o in outcomes:
+        if o.status != "skipped":
+            runtimes[o.id] = {"status": o.status, "seconds": round(o.seconds, 1), "message": o.message}
+    write_json(log_path, {
+        "profile": profile, "finished": _now(), "command": " ".join(["cytoclip"] + sys.argv[1:]) if sys.argv else "",
+        "python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform(),
+        "machine": platform.machine(), "cpus": os.cpu_count(), "host": socket.gethostname(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "outcomes": [o.__dict__ for o in outcomes], "runtimes": runtimes})
+    _write_book_includes(study, profile, runtimes)
+
+
+def _write_book_includes(study: Study, profile: str, runtimes: dict[str, dict]) -> None:
+    """Markdown snippets the book's static chapters include: provenance of the numbers, runtimes."""
+    from cytoclip.io import atomic_path
+
+    params = {e: resolve_params(study, e, profile) for e in study.experiments}
+    sources = sorted({p.get("source", "synthetic") for p in params.values()})
+    models = sorted({str(p.get("model")) for p in params.values() if p.get("model")})
+    lines = [f"- **Profile:** `{profile}` — {study.profiles[profile].get('description', '')}"]
+    for src in sources:
+        if src == "synthetic":
+            atlas_profiles = sorted({str(p.get("atlas_profile")) for p in params.values()})
+            lines.append(f"- **Data:** the *synthetic atlas* (`cytoclip synth`, profile {', '.join(atlas_profiles)}, "
+                         f"seed {params[next(iter(params))].get('seed', 0)}), written in the DHARANI layout. "
+                         "**Not DHARANI data**: every number computed on it is labelled synthetic.")
+        else:
+            roots = sorted({str(p.get("atlas_root")) for p in params.values()})
+            lines.append(f"- **Data:** a DHARANI mirror at {', '.join(roots)}.")
+    lines.append(f"- **Models trained or evaluated:** {', '.join(f'`{m}`' for m in models)}"
+                 + (" (`tiny`: a small CLIP trained from scratch on the CPU, standing in for the paper's pretrained "
+                    "CLIP/BiomedCLIP)." if "tiny" in models else "."))
+    lines.append("- **The paper's numbers** (DHARANI, pretrained models on A100 GPUs) are shown beside ours in "
+                 "separate columns, never mixed in.")
+    table = ["| experiment | status | minutes |", "| --- | --- | ---: |"]
+    total = 0.0
+    for e in study.experiments:
+        r = runtimes.get(e)
+        if r:
+            total += r["seconds"]
+            table.append(f"| {e} | {r['status']} | {r['seconds'] / 60:.1f} |")
+    table.append(f"| **total** | | **{total / 60:.1f}** |")
+    import torch
+
+    env = (f"Profile `{profile}`; Python {sys.version.split()[0]}, torch {torch.__version__}, "
+           f"{platform.platform()}, {os.cpu_count()} CPU cores"
+           + (f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU") + ".")
+    for name, text in (("provenance.md", "\n".join(lines) + "\n"),
+                       ("runtimes.md", env + "\n\n" + "\n".join(table) + "\n")):
+        with atomic_path(study.book_dir / "results" / name) as tmp:
+            tmp.write_text(text)
+
+
+# Static chapters around the experiment notebooks; experiments appear in the order of the study file.
+BOOK_FRONT = ["intro", "methods"]
+BOOK_BACK = ["open_questions", "reproducibility", "api"]
+
+
+def write_toc(study: Study) -> Path:
+    """Write ``book/_toc.yml``: the static chapters and every experiment that has an executed notebook."""
+    book = study.book_dir
+    chapters = [{"file": name} for name in BOOK_FRONT[1:] if (book / f"{name}.md").is_file()]
+    exps = [{"file": f"experiments/{e}"} for e in study.experiments if study.executed_notebook(e).is_file()]
+    back = [{"file": name} for name in BOOK_BACK if (book / f"{name}.md").is_file()]
+    toc = {"format": "jb-book", "root": BOOK_FRONT[0],
+           "parts": [p for p in ({"caption": "Methods", "chapters": chapters},
+                                 {"caption": "Experiments", "chapters": exps},
+                                 {"caption": "Appendix", "chapters": back}) if p["chapters"]]}
+    path = book / "_toc.yml"
+    header = "# Written by `cytoclip study run` from _config.yml (experiments with an executed notebook).\n"
+    text = header + yaml.safe_dump(toc, sort_keys=False)
+    if not path.is_file() or path.read_text() != text:
+        from cytoclip.io import atomic_path
+
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="study_cmd", metavar="COMMAND", required=True)
+    run = sub.add_parser("run", help="execute the experiments of a profile with papermill into book/")
+    run.add_argument("--profile", default="demo", help="smoke | demo | paper (default: demo)")
+    run.add_argument("--only", nargs="+", metavar="ID", help="run these experiments (and what they depend on)")
+    run.add_argument("--force", action="store_true", help="rerun even unchanged experiments")
+    run.add_argument("--config", default=STUDY_FILE, help="study file (default: ./_config.yml)")
+    run.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebook's)")
+    run.set_defaults(func=_cmd_run)
+    lst = sub.add_parser("list", help="list experiments in execution order with their notebooks")
+    lst.add_argument("--config", default=STUDY_FILE)
+    lst.set_defaults(func=_cmd_list)
+    par = sub.add_parser("params", help="print the resolved papermill parameters of an experiment")
+    par.add_argument("experiment")
+    par.add_argument("--profile", default="demo")
+    par.add_argument("--config", default=STUDY_FILE)
+    par.set_defaults(func=_cmd_params)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    try:
+        outcomes = run_study(args.profile, args.only, args.config, force=args.force, kernel_name=args.kernel)
+    except StudyConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    bad = [o for o in outcomes if o.status in ("failed", "blocked")]
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("ok", "skipped", "failed", "blocked")}
+    print("study: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    for o in bad:
+        print(f"  {o.status}: {o.id} — {o.message}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    study = load_study(args.config)
+    for e in execution_order(study):
+        exp = study.experiments[e]
+        deps = f"  (after {', '.join(exp.depends_on)})" if exp.depends_on else ""
+        print(f"{e:24s} {exp.notebook}{deps}")
+    return 0
+
+
+def _cmd_params(args: argparse.Namespace) -> int:
+    study = load_study(args.config)
+    if args.experiment not in study.experiments:
+        print(f"error: unknown experiment '{args.experiment}'", file=sys.stderr)
+        return 2
+    print(yaml.safe_dump(resolve_params(study, args.experiment, args.profile), sort_keys=False))
+    return 0

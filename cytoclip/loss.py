@@ -165,11 +165,32 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
-def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``tensor`` from all ranks along dim 0, keeping the autograd path to every rank's piece."""
-    import torch.distributed.nn as dist_nn
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather whose backward sums every rank's gradient for this rank's piece.
 
-    return torch.cat(dist_nn.all_gather(tensor), dim=0)
+    Written here rather than using ``torch.distributed.nn.all_gather`` (deprecated; its gloo backward goes
+    through all-to-all): an all-reduce of the gathered gradient works on every backend (gloo, nccl).
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        ws, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+        ctx.rank, ctx.n = rank, tensor.shape[0]
+        parts = [torch.empty_like(tensor) for _ in range(ws)]
+        torch.distributed.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        grad = grad.contiguous().clone()
+        torch.distributed.all_reduce(grad)
+        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
+
+
+def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``tensor`` (same shape on every rank) from all ranks along dim 0, keeping the autograd path
+    to every rank's piece: the gradient of this rank's piece is summed over all ranks' losses."""
+    return _GatherWithGrad.apply(tensor)
 
 
 def gather_no_grad(tensor: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:

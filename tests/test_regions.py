@@ -383,3 +383,28 @@ def test_smoke_atlas_end_to_end_no_leakage(smoke_prepared):
     ds = ImageTextDataset(out, image_type="square224", split="val")
     image, text, label = ds[0]
     assert image.shape[0] == 3 and ds.class_names[label] == ds.frame["label"].iloc[0]
+
+
+def test_cli_prepare_tiles_delegates_to_tiles_module(monkeypatch, tmp_path):
+    """`cytoclip prepare tiles` turns its options into prepare_tiles keywords (fake prepare_tiles)."""
+    import inspect
+
+    import cytoclip.tiles
+    from cytoclip.cli import main
+    from cytoclip.io import write_json
+
+    real = cytoclip.tiles.prepare_tiles
+    seen = {}
+
+    def fake(atlas_root, out_dir, **params):
+        seen.update(params, atlas_root=atlas_root)
+        write_json(Path(out_dir) / "report.json", {"n_images": 3, "skipped": []})
+        return Path(out_dir)
+
+    fake.__signature__ = inspect.signature(real)  # the CLI reads the options from the real signature
+    monkeypatch.setattr(cytoclip.tiles, "prepare_tiles", fake)
+    rc = main(["prepare", "tiles", "--atlas", str(tmp_path), "--out", str(tmp_path / "t"), "--workers", "1",
+               "--min-overlap", "0.5", "--mpp", "2.5"])
+    assert rc == 0
+    assert seen["workers"] == 1 and seen["min_overlap"] == 0.5 and seen["mpp"] == 2.5
+    assert seen["atlas_root"] == tmp_path

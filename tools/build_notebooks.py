@@ -196,7 +196,7 @@ plots.save_figure(fig, out / "image_types.png"); plt.show()'''),
 tiles = pd.read_parquet(tiles_dir / "manifest.parquet")
 fig, ax = plt.subplots(figsize=(7, 5))
 ax.imshow(thumb)
-f = tiles_mpp = float(tiles["mpp"].iloc[0]) / thumb_mpp if len(tiles) else 1.0
+f = float(tiles["mpp"].iloc[0]) / thumb_mpp if len(tiles) else 1.0  # tile px -> thumbnail px
 sel = tiles[(tiles["specimen"] == spec_id) & (tiles["section"].astype(str) == str(sec_id))]
 for t in sel.itertuples():
     ax.add_patch(mpatches.Rectangle((t.x0 * f, t.y0 * f), (t.x1 - t.x0) * f, (t.y1 - t.y0) * f, fill=False, lw=0.5,
@@ -663,8 +663,10 @@ ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
 ax.set_xlabel("paper (DHARANI)"); ax.set_ylabel(f"ours ({', '.join(data_labels)})"); ax.legend()
 ax.set_title(plots.titled("Ours against the paper, every headline number", "synthetic atlas" in data_labels))
 plots.save_figure(fig, out / "ours_vs_paper.png"); plt.show()
-report.write_results(out, {"experiment": experiment, "profile": profile, "data": data_labels, "statements": statements,
-                           "table": table, "not_run": not_run}, ours.drop(columns="experiment"))'''),
+paths = report.write_results(out, {"experiment": experiment, "profile": profile, "data": data_labels,
+                                   "statements": statements, "table": table, "not_run": not_run},
+                             ours.drop(columns="experiment"))
+print("wrote", *paths)'''),
 ]
 
 SUMMARY_PARAMS = '''# Parameters (papermill). The summary only reads book/results/*/headline.csv.

@@ -172,18 +172,29 @@ def eval_transform(image_size: int, mean: Sequence[float], std: Sequence[float])
     return T.Compose([ToRGB(), model_transform(image_size, mean, std)])
 
 
-def augmenting_transform(base: Callable) -> Callable:
-    """Light augmentation before ``base``: random flips and mild brightness/contrast jitter (no crops, so a
-    region is never cut away)."""
+def _flatten_compose(transform: Callable) -> list:
     from torchvision import transforms as T
 
-    return T.Compose([
-        ToRGB(),
-        T.RandomHorizontalFlip(),
-        T.RandomVerticalFlip(),
-        T.ColorJitter(brightness=0.1, contrast=0.1),
-        base,
-    ])
+    if isinstance(transform, T.Compose):
+        return [step for t in transform.transforms for step in _flatten_compose(t)]
+    return [transform]
+
+
+def augmenting_transform(base: Callable) -> Callable:
+    """Light augmentation within ``base``: random flips and mild brightness/contrast jitter (no crops, so a
+    region is never cut away).
+
+    The augmentation is applied after ``base``'s resize (just before its ``ToTensor``), on the small model-size
+    image rather than the stored crop: the same result for flips, and several times cheaper for the jitter.
+    """
+    from torchvision import transforms as T
+
+    augment = [T.RandomHorizontalFlip(), T.RandomVerticalFlip(), T.ColorJitter(brightness=0.1, contrast=0.1)]
+    steps = _flatten_compose(base)
+    at = next((i for i, step in enumerate(steps) if isinstance(step, T.ToTensor)), None)
+    if at is None:  # an opaque preprocessing function: augment the input image instead
+        return T.Compose([ToRGB(), *augment, base])
+    return T.Compose(steps[:at] + augment + steps[at:])
 
 
 # ----------------------------------------------------------------------------------------------------------

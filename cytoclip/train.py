@@ -1,0 +1,791 @@
+"""The trainer: contrastive fine-tuning (or from-scratch training) of a CLIP model on a prepared dataset.
+
+Paper Section III-D: AdamW, base learning rate 5e-5, 50 epochs, batch 64, symmetric cross-entropy. The same
+loop runs on a laptop CPU (fp32, one process) and on GPUs (bf16/fp16 autocast, DDP through ``torchrun`` or
+SLURM, ``torch.compile`` optional).
+
+Determinism and exact resume: the order of the training items in epoch *e* is a function of ``(seed, e)``
+(``DistributedSampler.set_epoch``) and the random augmentation of an item a function of ``(seed, e, index)``,
+so neither depends on how many loader workers ran or where a run was interrupted. ``checkpoint-last.pt`` holds
+the model, optimizer, scheduler, scaler, the step and the RNG states of every rank; a resumed run skips the
+batches already done and continues with the same weights an uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import itertools
+import math
+import os
+import random
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from cytoclip.io import atomic_path, fingerprint, write_json
+from cytoclip.loss import TARGETS, ContrastiveLoss
+
+CHECKPOINT = "checkpoint-last.pt"
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+SCHEDULES = ("cosine", "constant")
+#: fields that may change between an interrupted run and its resumption without breaking exactness
+RESUME_FREE = ("resume", "max_steps", "num_workers", "checkpoint_every_steps", "log_every_steps", "device",
+               "compile")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a training run depends on; written in full to ``<run_dir>/config.json``.
+
+    Defaults are the paper's (III-D): AdamW, ``lr`` 5e-5, 50 epochs, batch 64. The paper does not give the
+    weight decay; 0.2 is the value of the original CLIP recipe and the default of open_clip's training script,
+    with which the paper trained BiomedCLIP. Models trained from scratch (``tiny``) want a larger rate
+    (~5e-4 with warm-up), which the study's profiles set.
+    """
+
+    dataset_dir: str = ""
+    run_dir: str = "runs/train"
+    model: str = "tiny"
+    init_from: str | None = None          # a saved model / run dir whose weights start the run (overrides model)
+    image_size: int | None = None         # tiny models only: input size (None = the model's default)
+    image_type: str | None = None         # None: the manifest's only image type
+    split_scheme: str | None = None       # None: the manifest's 'split' column; else cytoclip.splits scheme
+    val_split: str = "val"
+    targets: str = "pairs"                # pairs | labels | ontology
+    sigma: float = 1.0                    # ontology targets: exp(-hops / sigma)
+    ontology: str | None = None           # ontology targets: None = packaged DHARANI ontology, or a path
+    epochs: int = 50
+    batch_size: int = 64                  # per process; the loss sees batch_size * world_size pairs
+    lr: float = 5e-5
+    weight_decay: float = 0.2
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    schedule: str = "cosine"              # cosine | constant (after warm-up)
+    warmup_steps: int = 0
+    grad_clip: float | None = None        # max global grad norm
+    grad_accum_steps: int = 1             # micro-batches per optimizer step (each micro-batch its own negatives)
+    freeze_image: bool = False
+    freeze_text: bool = False
+    augment: bool = True                  # the model's train_transform (flips, mild jitter)
+    precision: str = "auto"               # auto: bf16 (or fp16) on CUDA, fp32 on CPU
+    compile: bool = False
+    channels_last: bool = False
+    num_workers: int = 2
+    seed: int = 0
+    device: str = "auto"                  # auto | cpu | cuda | cuda:N
+    val_every_epochs: int = 1             # 0: no validation
+    prompt: str = "{}"                    # zero-shot validation text per class name
+    checkpoint_every_steps: int = 0       # 0: checkpoint at epoch ends only
+    log_every_steps: int = 0              # 0: log epochs only
+    max_steps: int | None = None          # stop after this many optimizer steps (schedule unchanged; tests)
+    max_nonfinite: int = 5                # consecutive non-finite losses before giving up
+    resume: bool | str = "auto"           # auto: resume a matching checkpoint-last.pt; True: must; False: never
+
+    def validate(self) -> "TrainConfig":
+        """Check field values; raises ValueError naming the field and what was expected."""
+        def need(cond: bool, field: str, what: str) -> None:
+            if not cond:
+                raise ValueError(f"TrainConfig.{field}: expected {what}, got {getattr(self, field)!r}")
+
+        need(bool(self.dataset_dir), "dataset_dir", "a prepared dataset directory")
+        need(bool(self.run_dir), "run_dir", "an output directory")
+        need(self.targets in TARGETS, "targets", f"one of {TARGETS}")
+        need(self.precision in PRECISIONS, "precision", f"one of {PRECISIONS}")
+        need(self.schedule in SCHEDULES, "schedule", f"one of {SCHEDULES}")
+        need(int(self.epochs) >= 1, "epochs", "an integer >= 1")
+        need(int(self.batch_size) >= 2, "batch_size", "an integer >= 2 (a contrastive batch needs negatives)")
+        need(float(self.lr) > 0, "lr", "a positive learning rate")
+        need(float(self.weight_decay) >= 0, "weight_decay", "a non-negative number")
+        need(int(self.grad_accum_steps) >= 1, "grad_accum_steps", "an integer >= 1")
+        need(int(self.warmup_steps) >= 0, "warmup_steps", "an integer >= 0")
+        need(int(self.num_workers) >= 0, "num_workers", "an integer >= 0")
+        need(self.max_steps is None or int(self.max_steps) >= 1, "max_steps", "None or an integer >= 1")
+        need(int(self.max_nonfinite) >= 1, "max_nonfinite", "an integer >= 1")
+        need(self.resume in (True, False, "auto"), "resume", "True, False or 'auto'")
+        need(float(self.sigma) > 0, "sigma", "a positive number")
+        need(self.grad_clip is None or float(self.grad_clip) > 0, "grad_clip", "None or a positive norm")
+        return self
+
+    def to_dict(self) -> dict:
+        """Plain JSON-serialisable dict of the fields."""
+        d = dataclasses.asdict(self)
+        d["betas"] = list(d["betas"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "config") -> "TrainConfig":
+        """Build from a dict (e.g. a YAML file); unknown keys raise a ValueError naming them and ``source``."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"{source}: unknown training option(s) {unknown}; expected some of {sorted(names)}")
+        d = dict(d)
+        if "betas" in d:
+            d["betas"] = tuple(d["betas"])
+        return cls(**d)
+
+
+# ============================================================================================ distributed
+@dataclasses.dataclass
+class DistInfo:
+    """Rank layout of this process."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    initialised_here: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        """True on the rank that writes files and shows progress."""
+        return self.rank == 0
+
+
+def dist_env() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from torchrun's variables, else SLURM's, else a single process."""
+    env = os.environ
+    if "WORLD_SIZE" in env and "RANK" in env:
+        return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
+    if "SLURM_NTASKS" in env and "SLURM_PROCID" in env:
+        return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0))
+    return 0, 1, 0
+
+
+def init_distributed(device_type: str) -> DistInfo:
+    """Join the process group when launched by torchrun/SLURM with more than one process (nccl on CUDA,
+    gloo on CPU). A group that already exists (e.g. made by a test) is used as is."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return DistInfo(torch.distributed.get_rank(), torch.distributed.get_world_size(), dist_env()[2], False)
+    rank, world, local = dist_env()
+    if world <= 1:
+        return DistInfo()
+    if "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
+        raise RuntimeError(f"distributed run (WORLD_SIZE/SLURM_NTASKS={world}) needs MASTER_ADDR and MASTER_PORT "
+                           "in the environment; launch with torchrun, or export them in the SLURM script")
+    os.environ.setdefault("RANK", str(rank))
+    os.environ.setdefault("WORLD_SIZE", str(world))
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    torch.distributed.init_process_group(backend, rank=rank, world_size=world)
+    return DistInfo(rank, world, local, True)
+
+
+def resolve_device(device: str, local_rank: int = 0) -> torch.device:
+    """``auto`` -> ``cuda:<local_rank>`` when a GPU is visible, else ``cpu``; explicit values are checked."""
+    if device in (None, "auto"):
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"TrainConfig.device: {device!r} asked for, but no CUDA device is visible")
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device(f"cuda:{local_rank}")
+    return dev
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> bf16 on CUDA when supported, else fp16 on CUDA, fp32 on CPU. fp16 needs CUDA."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("TrainConfig.precision: 'fp16' (with a GradScaler) needs a CUDA device; use 'bf16' or "
+                         "'fp32' on CPU")
+    return precision
+
+
+# ============================================================================================ data
+class EpochSeededItems(torch.utils.data.Dataset):
+    """A dataset view whose random transforms of item *i* in epoch *e* depend only on ``(seed, e, i)``.
+
+    The global RNGs are forked around each item, so the caller's RNG stream is left untouched (with
+    ``num_workers=0`` the main process's stream would otherwise depend on how many items were loaded).
+    """
+
+    def __init__(self, dataset: torch.utils.data.Dataset, seed: int):
+        self.dataset, self.seed, self.epoch = dataset, int(seed), 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        item_seed = (self.seed * 1_000_003 + self.epoch * 10_007 + int(index)) % (2**63 - 1)
+        state = random.getstate()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(item_seed)
+            random.seed(item_seed)
+            try:
+                return self.dataset[index]
+            finally:
+                random.setstate(state)
+
+
+class SkipSampler(torch.utils.data.Sampler):
+    """The indices of ``sampler`` after the first ``skip`` (to resume inside an epoch)."""
+
+    def __init__(self, sampler: torch.utils.data.Sampler, skip: int = 0):
+        self.sampler, self.skip = sampler, int(skip)
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(0, len(self.sampler) - self.skip)
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: seed numpy and ``random`` from the worker's torch seed (itself derived
+    from the loader's seeded generator), so worker-side randomness is reproducible."""
+    s = torch.initial_seed() % 2**32
+    np.random.seed(s)
+    random.seed(s)
+
+
+def _collate(batch):
+    images = torch.stack([b[0] for b in batch])
+    captions = torch.as_tensor([int(b[1]) for b in batch], dtype=torch.long)
+    labels = torch.as_tensor([int(b[2]) for b in batch], dtype=torch.long)
+    return images, captions, labels
+
+
+def _ontology_distance(dataset_dir: Path, class_names: list[str], ontology: str | None) -> np.ndarray:
+    """(K, K) tree-hop distances between the classes (via the manifest's ``label_id``)."""
+    from cytoclip.data import load_manifest
+    from cytoclip.ontology import Ontology
+
+    frame = load_manifest(dataset_dir)
+    if "label_id" not in frame.columns:
+        raise ValueError(f"{dataset_dir / 'manifest.parquet'}: 'ontology' targets need a 'label_id' column")
+    ids = frame.drop_duplicates("label").set_index("label")["label_id"].astype(int).to_dict()
+    onto = Ontology.load(ontology)
+    missing = [c for c in class_names if int(ids[c]) not in onto]
+    if missing:
+        raise ValueError(f"{dataset_dir}: label ids of {missing[:5]} are not in the ontology {ontology or 'packaged'}")
+    k = len(class_names)
+    dist = np.zeros((k, k), dtype=np.float32)
+    for i, j in itertools.combinations(range(k), 2):
+        dist[i, j] = dist[j, i] = onto.distance(int(ids[class_names[i]]), int(ids[class_names[j]]))
+    return dist
+
+
+# ============================================================================================ model pieces
+class _Towers(nn.Module):
+    """Both encoders behind one ``forward`` so DDP (and torch.compile) see a single module call."""
+
+    def __init__(self, cyto: Any):
+        super().__init__()
+        self.net = cyto.module
+        self._cyto = [cyto]  # a list hides the non-Module wrapper from nn.Module's attribute registry
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor):
+        cyto = self._cyto[0]
+        return cyto.encode_image(images, normalize=True), cyto.encode_text(tokens, normalize=True)
+
+
+def _param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    # as CLIP/open_clip: no decay on gains, biases, norms, embeddings' scalars and the temperature
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    if not decay and not no_decay:
+        raise ValueError("TrainConfig.freeze_image/freeze_text: every parameter is frozen; nothing to train")
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+def lr_lambda(warmup_steps: int, total_steps: int, schedule: str):
+    """Multiplier of the base rate at optimizer step *s*: linear warm-up, then cosine to 0 or constant."""
+    def f(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant":
+            return 1.0
+        done = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, done)))
+    return f
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ============================================================================================ evaluation
+@torch.no_grad()
+def zero_shot_validation(model: Any, dataset: torch.utils.data.Dataset, class_names: list[str], prompt: str,
+                         batch_size: int, device: torch.device, num_workers: int = 0,
+                         amp_dtype: torch.dtype | None = None) -> dict:
+    """Zero-shot accuracy and weighted F1 of ``model`` on ``dataset`` with the class names as texts
+    (``prompt`` formats each name; ``amp_dtype`` runs the encoders under autocast)."""
+    from sklearn.metrics import f1_score
+    from tqdm.auto import tqdm
+
+    def amp():
+        return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+
+    was_training = model.module.training
+    model.eval()
+    try:
+        with amp():
+            text = model.encode_text(model.tokenize([prompt.format(c) for c in class_names]).to(device)).float()
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                             collate_fn=_collate)
+        preds, truth = [], []
+        for images, _, labels in tqdm(loader, desc="zero-shot validation", leave=False, unit="batch"):
+            with amp():
+                emb = model.encode_image(images.to(device, non_blocking=True)).float()
+            preds.append((emb @ text.T).argmax(1).cpu())
+            truth.append(labels)
+    finally:
+        model.train(was_training)
+    y_pred, y_true = torch.cat(preds).numpy(), torch.cat(truth).numpy()
+    return {"val_accuracy": float((y_pred == y_true).mean()),
+            "val_f1_weighted": float(f1_score(y_true, y_pred, average="weighted", zero_division=0)),
+            "val_n": int(len(y_true))}
+
+
+# ============================================================================================ the trainer
+def _data_label(dataset_dir: Path) -> str:
+    try:
+        from cytoclip.evaluate import data_source
+    except ImportError:  # evaluate is optional for training; the label then stays unknown
+        return "unknown"
+    return data_source(dataset_dir)
+
+
+def _write_logs(run_dir: Path, history: list[dict]) -> None:
+    import pandas as pd
+
+    with atomic_path(run_dir / "metrics.jsonl") as tmp:
+        import json
+
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in history))
+    with atomic_path(run_dir / "log.csv") as tmp:
+        pd.DataFrame(history).to_csv(tmp, index=False)
+
+
+def _comparable(cfg: dict) -> dict:
+    return {k: v for k, v in cfg.items() if k not in RESUME_FREE}
+
+
+def _load_checkpoint(run_dir: Path, config: TrainConfig) -> dict | None:
+    path = run_dir / CHECKPOINT
+    if config.resume is False or not path.is_file():
+        if config.resume is True:
+            raise FileNotFoundError(f"{path}: resume=True but there is no checkpoint to resume from")
+        return None
+    # our own file, holding numpy RNG state and optimizer state: not loadable with weights_only=True
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+        raise ValueError(f"{path}: not a cytoclip training checkpoint (expected keys 'model', 'config')")
+    old, new = _comparable(ckpt["config"]), _comparable(config.to_dict())
+    if old != new:
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if config.resume is True:
+            raise ValueError(f"{path}: the checkpoint was made with a different configuration (fields {diff}); "
+                             "resume=True needs the same settings")
+        warnings.warn(f"{path}: configuration changed (fields {diff}); starting the run afresh", stacklevel=2)
+        return None
+    return ckpt
+
+
+def train(config: TrainConfig) -> Path:
+    """Train ``config.model`` on ``config.dataset_dir``; returns the run directory.
+
+    Writes ``config.json`` (full config + resolved device/precision/world size/classes), ``metrics.jsonl`` and
+    ``log.csv`` (one row per epoch, and per ``log_every_steps`` steps), ``checkpoint-last.pt`` (each epoch and
+    every ``checkpoint_every_steps``) and the final model via ``model.save(run_dir / "model")``. Only rank 0
+    writes. A matching checkpoint is resumed exactly (``resume="auto"``/``True``).
+    """
+    if isinstance(config, dict):
+        config = TrainConfig.from_dict(config)
+    config.validate()
+    dataset_dir, run_dir = Path(config.dataset_dir), Path(config.run_dir)
+    if not (dataset_dir / "manifest.parquet").is_file():
+        raise FileNotFoundError(f"{dataset_dir / 'manifest.parquet'}: not found; expected a dataset made by "
+                                "`cytoclip prepare regions|tiles`")
+    wanted_device = resolve_device(config.device)
+    dist = init_distributed(wanted_device.type)
+    try:
+        return _train(config, dataset_dir, run_dir, dist)
+    finally:
+        if dist.initialised_here:
+            torch.distributed.destroy_process_group()
+
+
+def build_model(config: TrainConfig, device: torch.device) -> Any:
+    """The CytoModel to train: ``init_from`` (saved weights) or ``model`` (tiny models seeded by ``seed``),
+    with the requested towers frozen."""
+    from cytoclip.models import create_model
+
+    spec = config.init_from or config.model
+    kw: dict[str, Any] = {}
+    if str(spec).startswith("tiny") and not config.init_from:
+        kw["seed"] = config.seed
+        if config.image_size:
+            kw["image_size"] = int(config.image_size)
+    model = create_model(spec, device=device, **kw)
+    if not getattr(model, "has_text", True):
+        raise ValueError(f"TrainConfig.model: {spec!r} is image-only; contrastive training needs a text tower")
+    model.freeze(image=config.freeze_image or None, text=config.freeze_text or None)
+    if config.channels_last:
+        model.module.to(memory_format=torch.channels_last)
+    return model
+
+
+def build_datasets(config: TrainConfig, model: Any) -> tuple[Any, Any, str]:
+    """(train dataset, validation dataset, image type) of ``config`` with ``model``'s transforms; class
+    indices are shared (the validation set uses the training set's class names)."""
+    from cytoclip.data import ImageTextDataset, load_manifest
+
+    dataset_dir = Path(config.dataset_dir)
+    image_type = config.image_type
+    if image_type is None:
+        types = sorted(load_manifest(dataset_dir)["image_type"].astype(str).unique())
+        if len(types) != 1:
+            raise ValueError(f"{dataset_dir}: the manifest holds image types {types}; set TrainConfig.image_type")
+        image_type = types[0]
+    common = dict(image_type=image_type, split_scheme=config.split_scheme, seed=config.seed)
+    train_ds = ImageTextDataset(dataset_dir, split="train",
+                                transform=model.train_transform if config.augment else model.transform, **common)
+    val_ds = ImageTextDataset(dataset_dir, split=config.val_split, transform=model.transform,
+                              class_names=list(train_ds.class_names), **common)
+    return train_ds, val_ds, image_type
+
+
+def _train(config: TrainConfig, dataset_dir: Path, run_dir: Path, dist: DistInfo) -> Path:
+    from tqdm.auto import tqdm
+
+    device = resolve_device(config.device, dist.local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        # fp32 matmuls outside autocast may use TF32 (as open_clip's trainer does); numerics within CLIP's needs
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    precision = resolve_precision(config.precision, device)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    amp = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+    ckpt = _load_checkpoint(run_dir, config)
+    _seed_everything(config.seed)
+
+    model = build_model(config, device)
+
+    # -- data -------------------------------------------------------------------------------------------------
+    train_ds, val_ds, image_type = build_datasets(config, model)
+    class_names = list(train_ds.class_names)
+    # captions are tokenised once; items carry a caption index (cheap to collate, no tokenizer in workers)
+    caption_tokens = model.tokenize(list(train_ds.captions)).to(device)
+    per_rank = len(train_ds) // dist.world_size
+    if per_rank < config.batch_size:
+        raise ValueError(f"{dataset_dir}: {len(train_ds)} training images of type {image_type!r} "
+                         f"({per_rank} per process) is fewer than one batch of {config.batch_size}")
+    micro_per_epoch = per_rank // config.batch_size
+    accum = int(config.grad_accum_steps)
+    steps_per_epoch = math.ceil(micro_per_epoch / accum)
+    total_steps = steps_per_epoch * config.epochs
+
+    distance = None
+    if config.targets == "ontology":
+        distance = _ontology_distance(dataset_dir, class_names, config.ontology)
+    loss_fn = ContrastiveLoss(targets=config.targets, distance=distance, sigma=config.sigma,
+                              gather_with_grad=True, local_loss=False).to(device)
+
+    items = EpochSeededItems(train_ds, config.seed)
+    sampler = torch.utils.data.DistributedSampler(items, num_replicas=dist.world_size, rank=dist.rank,
+                                                  shuffle=True, seed=config.seed, drop_last=True)
+
+    # -- optimisation -----------------------------------------------------------------------------------------
+    towers: nn.Module = _Towers(model)
+    optimizer = torch.optim.AdamW(_param_groups(model.module, config.weight_decay), lr=config.lr,
+                                  betas=tuple(config.betas), eps=config.eps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config.warmup_steps, total_steps,
+                                                                       config.schedule))
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    step, history, nonfinite_total, epoch_stats = 0, [], 0, None
+    if ckpt is not None:
+        model.module.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        step, history = int(ckpt["step"]), list(ckpt["history"])
+        nonfinite_total, epoch_stats = int(ckpt["nonfinite_total"]), ckpt.get("epoch_stats")
+        rng = ckpt["rng"]
+        if len(rng) != dist.world_size:
+            raise ValueError(f"{run_dir / CHECKPOINT}: written by {len(rng)} processes, resumed with "
+                             f"{dist.world_size}; resume with the same number of processes")
+        _set_rng_state(rng[dist.rank], device)
+    if dist.world_size > 1:
+        if device.type == "cuda":  # batch statistics over the global batch, as one process would see them
+            model.module = nn.SyncBatchNorm.convert_sync_batchnorm(model.module)
+            towers.net = model.module
+        ddp_kw = {"device_ids": [device.index]} if device.type == "cuda" else {}
+        towers = nn.parallel.DistributedDataParallel(towers, **ddp_kw)
+    ddp = towers if isinstance(towers, nn.parallel.DistributedDataParallel) else None
+    if config.compile:
+        towers = torch.compile(towers)
+    model.train()
+
+    # -- run dir ----------------------------------------------------------------------------------------------
+    resolved = {"device": str(device), "precision": precision, "world_size": dist.world_size,
+                "model_spec": model.spec, "image_type": image_type, "class_names": class_names,
+                "n_train": len(train_ds), "n_val": len(val_ds), "steps_per_epoch": steps_per_epoch,
+                "total_steps": total_steps, "data": _data_label(dataset_dir),
+                "dataset_fingerprint": fingerprint(dataset_dir / "manifest.parquet"),
+                "torch": torch.__version__, "resumed_at_step": step if ckpt is not None else None}
+    if dist.is_main:
+        write_json(run_dir / "config.json", {**config.to_dict(), "resolved": resolved})
+
+    def save_checkpoint(stats: dict | None) -> None:
+        rng = [_rng_state(device)]
+        if dist.world_size > 1:
+            rng = [None] * dist.world_size
+            torch.distributed.all_gather_object(rng, _rng_state(device))
+        if not dist.is_main:
+            return
+        state = {"model": model.module.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
+                 "epoch": step // steps_per_epoch, "rng": rng, "history": history, "nonfinite_total": nonfinite_total,
+                 "epoch_stats": stats, "config": config.to_dict(),
+                 "sampler": {"seed": config.seed, "epoch": step // steps_per_epoch,
+                             "micro_batches_done": (step % steps_per_epoch) * accum}}
+        with atomic_path(run_dir / CHECKPOINT) as tmp:
+            torch.save(state, tmp)
+
+    # -- the loop ---------------------------------------------------------------------------------------------
+    stop_at = total_steps if config.max_steps is None else min(total_steps, int(config.max_steps))
+    consecutive_bad = 0
+    bar = tqdm(total=stop_at, initial=min(step, stop_at), desc=f"training {run_dir.name}", unit="step",
+               disable=not dist.is_main)
+    while step < stop_at:
+        epoch, done_in_epoch = divmod(step, steps_per_epoch)
+        sampler.set_epoch(epoch)
+        items.epoch = epoch
+        skip = done_in_epoch * accum
+        loader = torch.utils.data.DataLoader(
+            items, batch_size=config.batch_size, sampler=SkipSampler(sampler, skip * config.batch_size),
+            num_workers=config.num_workers, collate_fn=_collate, drop_last=True, pin_memory=device.type == "cuda",
+            worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(config.seed + epoch),
+            persistent_workers=False)
+        stats = epoch_stats if (epoch_stats and done_in_epoch) else {"loss_sum": 0.0, "n_batches": 0, "images": 0,
+                                                                     "compute_s": 0.0, "nonfinite": 0}
+        epoch_stats = None
+        t_epoch = time.perf_counter()
+        micro = skip
+        group_bad = False
+        optimizer.zero_grad(set_to_none=True)
+        for images, captions, labels in loader:
+            t0 = time.perf_counter()
+            images = images.to(device, non_blocking=True)
+            if config.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            labels = labels.to(device, non_blocking=True)
+            tokens = caption_tokens[captions.to(device, non_blocking=True)]
+            micro += 1
+            last_of_group = micro % accum == 0 or micro == micro_per_epoch
+            # accumulation micro-batches skip DDP's gradient all-reduce; the group's last one syncs
+            sync = ddp.no_sync() if ddp is not None and not last_of_group else contextlib.nullcontext()
+            with sync:
+                with amp():
+                    img_f, txt_f = towers(images, tokens)
+                    loss = loss_fn(img_f, txt_f, model.logit_scale, labels)
+                finite = torch.isfinite(loss.detach()).float()
+                if dist.world_size > 1:  # every rank must agree to skip, or DDP's all-reduce would hang
+                    torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+                if finite.item() > 0:
+                    scaler.scale(loss / accum).backward()
+                    stats["loss_sum"] += float(loss.detach())
+                    stats["n_batches"] += 1
+                else:
+                    group_bad = True
+            stats["images"] += images.shape[0] * dist.world_size
+            if last_of_group:
+                if group_bad:
+                    optimizer.zero_grad(set_to_none=True)
+                    nonfinite_total += 1
+                    stats["nonfinite"] += 1
+                    consecutive_bad += 1
+                    if consecutive_bad >= config.max_nonfinite:
+                        bar.close()
+                        raise FloatingPointError(
+                            f"{run_dir}: the loss was not finite for {consecutive_bad} consecutive steps (last at "
+                            f"step {step}); lower TrainConfig.lr, set grad_clip, or use precision='fp32'/'bf16'")
+                else:
+                    consecutive_bad = 0
+                    if config.grad_clip:
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(model.module.parameters(), config.grad_clip)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad(set_to_none=True)
+                    with torch.no_grad():  # CLIP keeps the temperature within [1, 100]
+                        model.logit_scale.clamp_(0, math.log(100))
+                with warnings.catch_warnings():
+                    # a skipped step still advances the schedule; torch warns when that precedes any optimizer step
+                    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+                    scheduler.step()
+                group_bad = False
+                step += 1
+                bar.update(1)
+                if dist.is_main:
+                    bar.set_postfix(loss=f"{float(loss.detach()):.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+                if config.log_every_steps and step % config.log_every_steps == 0:
+                    history.append({"kind": "step", "epoch": epoch, "step": step, "train_loss": float(loss.detach()),
+                                    "lr": scheduler.get_last_lr()[0]})
+                    if dist.is_main:
+                        _write_logs(run_dir, history)
+            stats["compute_s"] += time.perf_counter() - t0
+            end_of_epoch = step % steps_per_epoch == 0 and last_of_group
+            if last_of_group and not end_of_epoch and (
+                    step >= stop_at or (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0)):
+                save_checkpoint({**stats, "wall_s": stats.get("wall_s", 0.0) + time.perf_counter() - t_epoch})
+            if step >= stop_at and not end_of_epoch:
+                break
+        if step % steps_per_epoch == 0:  # the epoch is complete: validate, log, checkpoint
+            stats["wall_s"] = stats.get("wall_s", 0.0) + time.perf_counter() - t_epoch
+            record = {"kind": "epoch", "epoch": epoch + 1, "step": step,
+                      "train_loss": stats["loss_sum"] / max(1, stats["n_batches"]),
+                      "lr": scheduler.get_last_lr()[0],
+                      # images/s over the epoch's wall time (data loading included); the model-only rate beside it
+                      "images_per_s": stats["images"] / max(1e-9, stats["wall_s"]),
+                      "model_images_per_s": stats["images"] / max(1e-9, stats["compute_s"]),
+                      "epoch_time_s": stats["wall_s"], "nonfinite_steps": stats["nonfinite"],
+                      "data": resolved["data"]}
+            if config.val_every_epochs and len(val_ds) and ((epoch + 1) % config.val_every_epochs == 0
+                                                            or step == total_steps):
+                if dist.is_main:
+                    record.update(zero_shot_validation(model, val_ds, class_names, config.prompt, config.batch_size,
+                                                       device, num_workers=config.num_workers,
+                                                       amp_dtype=amp_dtype))
+                if dist.world_size > 1:
+                    torch.distributed.barrier()
+            history.append(record)
+            if dist.is_main:
+                _write_logs(run_dir, history)
+                msg = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items() if k != "kind"}
+                bar.write(f"epoch {epoch + 1}/{config.epochs}: {msg}")
+            save_checkpoint(None)
+    bar.close()
+    if step >= total_steps and dist.is_main:
+        model.eval()
+        model.save(run_dir / "model")
+    if dist.world_size > 1:
+        torch.distributed.barrier()
+    return run_dir
+
+
+# ============================================================================================ CLI
+_CLI_FIELDS = {  # CLI flag -> TrainConfig field
+    "dataset": "dataset_dir", "model": "model", "init_from": "init_from", "image_type": "image_type",
+    "image_size": "image_size", "split": "split_scheme", "epochs": "epochs", "batch_size": "batch_size",
+    "lr": "lr", "weight_decay": "weight_decay", "warmup_steps": "warmup_steps", "schedule": "schedule",
+    "targets": "targets", "sigma": "sigma", "grad_clip": "grad_clip", "grad_accum_steps": "grad_accum_steps",
+    "precision": "precision", "num_workers": "num_workers", "seed": "seed", "device": "device",
+    "out": "run_dir", "checkpoint_every_steps": "checkpoint_every_steps", "max_steps": "max_steps",
+    "log_every_steps": "log_every_steps",
+}
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``cytoclip train`` (defaults: :class:`TrainConfig`, then ``--config``, then flags)."""
+    a = parser.add_argument
+    a("--config", help="YAML file of TrainConfig fields (flags given on the command line override it)")
+    a("--dataset", help="prepared dataset directory (holding manifest.parquet)")
+    a("--model", help="model spec: tiny, tiny-vit, hf:DIR, open_clip:NAME[@CKPT], or a saved model/run dir")
+    a("--init-from", help="saved model or run dir whose weights start the run")
+    a("--image-type", help="exact | exact_mask | square224 | square336 | tile")
+    a("--image-size", type=int, help="input size of a tiny model")
+    a("--split", help="split scheme: sections | tiles | cross_age | cross_plane (default: manifest's split)")
+    a("--epochs", type=int)
+    a("--batch-size", type=int, help="per process")
+    a("--lr", type=float)
+    a("--weight-decay", type=float)
+    a("--warmup-steps", type=int)
+    a("--schedule", choices=SCHEDULES)
+    a("--targets", choices=TARGETS)
+    a("--sigma", type=float, help="ontology targets: exp(-hops/sigma)")
+    a("--grad-clip", type=float)
+    a("--grad-accum-steps", type=int)
+    a("--precision", choices=PRECISIONS)
+    a("--compile", action="store_true", default=None, help="torch.compile the model")
+    a("--channels-last", action="store_true", default=None)
+    a("--freeze-image", action="store_true", default=None)
+    a("--freeze-text", action="store_true", default=None)
+    a("--no-augment", dest="augment", action="store_false", default=None)
+    a("--num-workers", type=int)
+    a("--seed", type=int)
+    a("--device", help="auto | cpu | cuda | cuda:N")
+    a("--checkpoint-every-steps", type=int)
+    a("--log-every-steps", type=int)
+    a("--max-steps", type=int, help="stop after this many optimizer steps (the schedule is unchanged)")
+    a("--out", help="run directory (e.g. runs/NAME)")
+    g = parser.add_mutually_exclusive_group()
+    g.add_argument("--resume", dest="resume", action="store_const", const=True, default=None,
+                   help="continue from <out>/checkpoint-last.pt (error when there is none)")
+    g.add_argument("--no-resume", dest="resume", action="store_const", const=False,
+                   help="start afresh even when a checkpoint exists (default: resume a matching one)")
+    parser.set_defaults(func=_cli)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """TrainConfig from parsed ``cytoclip train`` arguments (``--config`` YAML first, flags on top)."""
+    values: dict[str, Any] = {}
+    if args.config:
+        import yaml
+
+        path = Path(args.config)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: --config file not found")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: expected a mapping of TrainConfig fields, got {type(loaded).__name__}")
+        values.update(loaded)
+    for flag, field in _CLI_FIELDS.items():
+        v = getattr(args, flag, None)
+        if v is not None:
+            values[field] = v
+    for field in ("compile", "channels_last", "freeze_image", "freeze_text", "augment", "resume"):
+        v = getattr(args, field, None)
+        if v is not None:
+            values[field] = v
+    return TrainConfig.from_dict(values, source=str(args.config or "command line"))
+
+
+def _cli(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    if not config.dataset_dir:
+        print("cytoclip train: --dataset (or dataset_dir in --config) is required", file=sys.stderr)
+        return 2
+    run_dir = train(config)
+    print(run_dir)
+    return 0
+
+
+__all__ = ["TrainConfig", "train", "build_model", "build_datasets", "configure_parser", "config_from_args", "zero_shot_validation",
+           "EpochSeededItems", "SkipSampler", "lr_lambda", "init_distributed", "dist_env"]

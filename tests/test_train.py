@@ -1,0 +1,302 @@
+"""Tests of cytoclip.train on a tiny synthetic texture dataset made here (labelled synthetic)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from cytoclip.train import TrainConfig, config_from_args, configure_parser, lr_lambda, train
+
+CLASSES = ["Cortical plate", "Ganglionic eminence", "Thalamus", "Hippocampus", "Cerebellum"]
+ONTOLOGY_IDS = [5, 6, 50, 181, 346]  # leaves of the packaged DHARANI ontology, at 2 to 8 hops from each other
+
+
+def _texture(cls: int, rng: np.random.Generator, size: int = 48) -> np.ndarray:
+    """A Nissl-like texture per class: its own hue, dot density and stripe frequency, plus noise."""
+    hues = np.array([[200, 90, 160], [90, 60, 170], [150, 40, 120], [60, 40, 90], [230, 180, 210]], dtype=float)
+    img = np.tile(hues[cls], (size, size, 1))
+    yy, xx = np.mgrid[0:size, 0:size]
+    img *= (0.75 + 0.25 * np.sin(xx * (cls + 1) * 0.35 + rng.uniform(0, 6)))[..., None]
+    dots = rng.random((size, size)) < 0.02 * (cls + 1)
+    img[dots] *= 0.3
+    img += rng.normal(0, 8, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def make_dataset(root, n_train: int = 8, n_val: int = 3, n_classes: int = 4, seed: int = 0):
+    """A prepared-like dataset: PNGs + manifest.parquet in the contract's columns + SYNTHETIC.md."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    rows = []
+    for c in range(n_classes):
+        for i in range(n_train + n_val):
+            rel = f"images/{c}_{i}.png"
+            Image.fromarray(_texture(c, rng)).save(root / rel)
+            rows.append({"path": rel, "image_type": "square224", "label": CLASSES[c], "label_id": ONTOLOGY_IDS[c],
+                         "caption": CLASSES[c], "acronym": CLASSES[c][:3], "ontology_path": CLASSES[c],
+                         "multi_labels": [CLASSES[c]], "multi_label_ids": [ONTOLOGY_IDS[c]], "mask_path": "",
+                         "specimen": 1, "section": i, "age_gw": 24.0, "plane": "sagittal",
+                         "x0": 0, "y0": 0, "x1": 48, "y1": 48, "mpp": 16.0, "part": 0, "n_parts": 1,
+                         "area_px": 2304, "overlap": 1.0, "split": "train" if i < n_train else "val"})
+    pd.DataFrame(rows).to_parquet(root / "manifest.parquet")
+    (root / "SYNTHETIC.md").write_text("synthetic test data\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("ds"))
+
+
+def _cfg(dataset, run_dir, **kw):
+    base = dict(dataset_dir=str(dataset), run_dir=str(run_dir), model="tiny", image_size=64, epochs=2,
+                batch_size=8, lr=5e-4, warmup_steps=2, num_workers=0, seed=0, device="cpu")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _weights(run_dir):
+    from safetensors.torch import load_file
+
+    files = list((run_dir / "model").glob("*.safetensors"))
+    assert len(files) == 1
+    return load_file(files[0])
+
+
+def test_run_dir_contents_and_reload(dataset, tmp_path):
+    torch.set_num_threads(1)
+    run = train(_cfg(dataset, tmp_path / "run", epochs=1, log_every_steps=2))
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["epochs"] == 1 and cfg["resolved"]["precision"] == "fp32"
+    assert cfg["resolved"]["data"] == "synthetic"
+    assert cfg["resolved"]["class_names"] == sorted(CLASSES[:4])
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in lines if r["kind"] == "epoch"]
+    assert len(epochs) == 1 and any(r["kind"] == "step" for r in lines)
+    rec = epochs[0]
+    assert math.isfinite(rec["train_loss"]) and rec["images_per_s"] > 0
+    assert 0.0 <= rec["val_accuracy"] <= 1.0 and rec["val_n"] == 12
+    log = pd.read_csv(run / "log.csv")
+    assert {"train_loss", "lr", "val_accuracy", "val_f1_weighted", "images_per_s", "epoch_time_s"} <= set(log.columns)
+    ckpt = torch.load(run / "checkpoint-last.pt", weights_only=False)
+    assert ckpt["step"] == 4 and {"python", "numpy", "torch"} <= set(ckpt["rng"][0])
+    from cytoclip.models import create_model
+
+    reloaded = create_model(run)
+    w = _weights(run)
+    for name, p in reloaded.module.state_dict().items():
+        if name in w:
+            assert torch.equal(p, w[name])
+
+
+def test_resume_equals_uninterrupted(dataset, tmp_path):
+    """2 epochs straight == stop after 1 epoch + resume; also == stop mid-epoch (step 3) + resume."""
+    torch.set_num_threads(1)
+    straight = train(_cfg(dataset, tmp_path / "straight"))
+    part = tmp_path / "parted"
+    train(_cfg(dataset, part, max_steps=4))  # 4 steps = one epoch of 32 images at batch 8
+    assert not (part / "model").exists()
+    assert torch.load(part / "checkpoint-last.pt", weights_only=False)["step"] == 4
+    train(_cfg(dataset, part, resume=True))
+    mid = tmp_path / "mid"
+    train(_cfg(dataset, mid, max_steps=3))
+    train(_cfg(dataset, mid))  # resume="auto" picks the checkpoint up
+    a, b, c = _weights(straight), _weights(part), _weights(mid)
+    assert a.keys() == b.keys() == c.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+        assert torch.equal(a[k], c[k]), k
+    hist = [json.loads(x) for x in (part / "metrics.jsonl").read_text().splitlines()]
+    ref = [json.loads(x) for x in (straight / "metrics.jsonl").read_text().splitlines()]
+    assert [h["train_loss"] for h in hist] == [r["train_loss"] for r in ref]
+
+
+def test_loader_workers_and_precision_paths(dataset, tmp_path):
+    """Item order and augmentation do not depend on the number of loader workers; bf16 autocast runs on CPU."""
+    torch.set_num_threads(1)
+    w0 = train(_cfg(dataset, tmp_path / "w0", max_steps=2, grad_accum_steps=2))
+    w2 = train(_cfg(dataset, tmp_path / "w2", max_steps=2, grad_accum_steps=2, num_workers=2))
+    a = torch.load(w0 / "checkpoint-last.pt", weights_only=False)["model"]
+    b = torch.load(w2 / "checkpoint-last.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    bf = train(_cfg(dataset, tmp_path / "bf16", max_steps=2, precision="bf16"))
+    assert json.loads((bf / "config.json").read_text())["resolved"]["precision"] == "bf16"
+    c = torch.load(bf / "checkpoint-last.pt", weights_only=False)["model"]
+    assert all(torch.isfinite(v).all() for v in c.values())
+    with pytest.raises(ValueError, match="fp16"):
+        train(_cfg(dataset, tmp_path / "fp16", precision="fp16"))
+
+
+def test_resume_true_without_checkpoint_fails(dataset, tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint"):
+        train(_cfg(dataset, tmp_path / "none", resume=True))
+
+
+def test_resume_with_changed_config_refused(dataset, tmp_path):
+    torch.set_num_threads(1)
+    train(_cfg(dataset, tmp_path / "r", max_steps=1))
+    with pytest.raises(ValueError, match="lr"):
+        train(_cfg(dataset, tmp_path / "r", lr=1e-3, resume=True))
+
+
+class _NanLoss(torch.nn.Module):
+    """Stands in for ContrastiveLoss: NaN on the calls listed in ``bad`` (0-based), else a real loss."""
+
+    calls = 0
+    bad: set | None = None
+
+    def __init__(self, *a, **kw):
+        super().__init__()
+        from cytoclip.loss import ContrastiveLoss
+
+        self.inner = ContrastiveLoss(*a, **kw)
+
+    def forward(self, img, txt, scale, labels=None):
+        loss = self.inner(img, txt, scale, labels)
+        i = type(self).calls
+        type(self).calls += 1
+        return loss * float("nan") if (self.bad is None or i in self.bad) else loss
+
+
+def test_nonfinite_steps_are_skipped_and_counted(dataset, tmp_path, monkeypatch):
+    torch.set_num_threads(1)
+    import cytoclip.train as T
+
+    class Some(_NanLoss):
+        calls, bad = 0, {1, 2}
+
+    monkeypatch.setattr(T, "ContrastiveLoss", Some)
+    run = train(_cfg(dataset, tmp_path / "some", epochs=1))
+    rec = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert rec["nonfinite_steps"] == 2 and math.isfinite(rec["train_loss"])
+    assert all(torch.isfinite(v).all() for v in _weights(run).values())
+
+
+def test_persistent_nonfinite_loss_stops_with_message(dataset, tmp_path, monkeypatch):
+    torch.set_num_threads(1)
+    import cytoclip.train as T
+
+    class Always(_NanLoss):
+        calls, bad = 0, None
+
+    monkeypatch.setattr(T, "ContrastiveLoss", Always)
+    with pytest.raises(FloatingPointError, match="3 consecutive"):
+        train(_cfg(dataset, tmp_path / "nan", epochs=3, max_nonfinite=3))
+    assert Always.calls == 3
+
+
+def test_bad_config_raises_naming_field(dataset, tmp_path):
+    with pytest.raises(ValueError, match="targets"):
+        train(_cfg(dataset, tmp_path / "x", targets="nope"))
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        train(_cfg(dataset, tmp_path / "x", batch_size=64))
+    with pytest.raises(FileNotFoundError, match="manifest.parquet"):
+        train(_cfg(tmp_path / "missing", tmp_path / "x"))
+    with pytest.raises(ValueError, match="unknown training option"):
+        TrainConfig.from_dict({"learning_rate": 1.0}, source="cfg.yaml")
+
+
+def test_lr_schedule_warmup_then_cosine():
+    f = lr_lambda(2, 10, "cosine")
+    assert f(0) == 0.5 and f(1) == 1.0 and f(2) == 1.0
+    assert 0 < f(6) < 1.0 and f(10) == pytest.approx(0.0)
+    assert lr_lambda(0, 10, "constant")(9) == 1.0
+
+
+def test_cli_parses_into_config(tmp_path):
+    import argparse
+
+    import yaml
+
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"epochs": 7, "lr": 1e-3, "warmup_steps": 5}))
+    p = argparse.ArgumentParser()
+    configure_parser(p)
+    args = p.parse_args(["--dataset", "d", "--model", "tiny", "--image-type", "square224", "--split", "sections",
+                         "--epochs", "3", "--batch-size", "16", "--targets", "labels", "--out", "runs/x",
+                         "--resume", "--config", str(tmp_path / "c.yaml")])
+    cfg = config_from_args(args)
+    assert (cfg.dataset_dir, cfg.epochs, cfg.batch_size, cfg.lr, cfg.warmup_steps) == ("d", 3, 16, 1e-3, 5)
+    assert (cfg.split_scheme, cfg.targets, cfg.run_dir, cfg.resume) == ("sections", "labels", "runs/x", True)
+
+
+def test_ontology_targets_use_tree_distances(dataset, tmp_path):
+    from cytoclip.ontology import Ontology
+    from cytoclip.train import _ontology_distance
+
+    names = sorted(CLASSES[:4])
+    dist = _ontology_distance(dataset, names, None)
+    onto = Ontology.load()
+    ids = {c: ONTOLOGY_IDS[CLASSES.index(c)] for c in names}
+    assert dist.shape == (4, 4) and (np.diag(dist) == 0).all()
+    assert dist[0, 1] == onto.distance(ids[names[0]], ids[names[1]]) > 0
+    torch.set_num_threads(1)
+    run = train(_cfg(dataset, tmp_path / "onto", targets="ontology", sigma=0.5, epochs=1))
+    rec = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert math.isfinite(rec["train_loss"])
+
+
+def test_cli_train_runs(dataset, tmp_path, capsys):
+    from cytoclip.cli import main
+
+    torch.set_num_threads(1)
+    out = tmp_path / "cli-run"
+    rc = main(["train", "--dataset", str(dataset), "--model", "tiny", "--image-type", "square224", "--image-size",
+               "64", "--epochs", "1", "--batch-size", "16", "--lr", "5e-4", "--targets", "labels", "--num-workers",
+               "0", "--device", "cpu", "--out", str(out)])
+    assert rc == 0 and (out / "model").is_dir() and str(out) in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["targets"] == "labels"
+
+
+def test_tiny_model_overfits_texture_classes(tmp_path):
+    """The tiny model learns 4 synthetic texture classes to >= 0.9 zero-shot accuracy (train images)."""
+    torch.set_num_threads(2)
+    ds = make_dataset(tmp_path / "ds", n_train=16, n_val=4, n_classes=4, seed=1)
+    run = train(_cfg(ds, tmp_path / "fit", epochs=12, batch_size=16, lr=1e-3, targets="labels", augment=False,
+                     val_split="train", warmup_steps=4))
+    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert recs[-1]["train_loss"] < recs[0]["train_loss"]
+    assert recs[-1]["val_accuracy"] >= 0.9, [r["val_accuracy"] for r in recs]
+
+
+def _ddp_train_worker(rank, world_size, port, cfg_dict):
+    import os
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
+                      LOCAL_RANK=str(rank))
+    train(TrainConfig.from_dict(cfg_dict))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_process_ddp_training_matches_one_process(dataset, tmp_path):
+    """torchrun-style env, gloo on CPU: 2 processes x batch 4 give the weights of 1 process x batch 8 (tiny-vit:
+    no BatchNorm, whose per-process statistics would differ on CPU)."""
+    import torch.multiprocessing as mp
+
+    torch.set_num_threads(1)
+    kw = dict(model="tiny-vit", epochs=1, max_steps=3, augment=True, warmup_steps=1)
+    one = _cfg(dataset, tmp_path / "one", batch_size=8, **kw)
+    train(one)
+    two = _cfg(dataset, tmp_path / "two", batch_size=4, **kw)
+    mp.spawn(_ddp_train_worker, args=(2, _free_port(), two.to_dict()), nprocs=2, join=True)
+    a = torch.load(tmp_path / "one" / "checkpoint-last.pt", weights_only=False)
+    b = torch.load(tmp_path / "two" / "checkpoint-last.pt", weights_only=False)
+    assert b["step"] == a["step"] == 3 and len(b["rng"]) == 2
+    cfg = json.loads((tmp_path / "two" / "config.json").read_text())
+    assert cfg["resolved"]["world_size"] == 2
+    for k, v in a["model"].items():
+        assert torch.allclose(v, b["model"][k], atol=5e-5, rtol=1e-4), k

@@ -208,8 +208,11 @@ def run_study(profile: str = "demo", only: list[str] | None = None, config: str 
         log(f"[{i}/{len(order)}] {exp_id}: running {exp.notebook} ({profile})")
         t0 = time.perf_counter()
         status, message = "ok", ""
+        declared = set(pm.inspect_notebook(str(src)))
+        # pass only what the notebook declares: the rest of the resolved set stays on record in study.json
+        nb_params = {k: v for k, v in params.items() if k in declared} if declared else params
         try:
-            pm.execute_notebook(str(src), str(running), parameters=params, cwd=str(study.root),
+            pm.execute_notebook(str(src), str(running), parameters=nb_params, cwd=str(study.root),
                                 kernel_name=kernel_name, progress_bar=False, log_output=False,
                                 report_mode=False)
         except pm.PapermillExecutionError as exc:

@@ -503,9 +503,16 @@ def _train(config: TrainConfig, dataset_dir: Path, run_dir: Path, dist: DistInfo
     # captions are tokenised once; items carry a caption index (cheap to collate, no tokenizer in workers)
     caption_tokens = model.tokenize(list(train_ds.captions)).to(device)
     per_rank = len(train_ds) // dist.world_size
-    if per_rank < config.batch_size:
+    if per_rank < 2:
         raise ValueError(f"{dataset_dir}: {len(train_ds)} training images of type {image_type!r} "
-                         f"({per_rank} per process) is fewer than one batch of {config.batch_size}")
+                         f"({per_rank} per process): a contrastive batch needs at least 2")
+    if per_rank < config.batch_size:
+        # a small split (e.g. one specimen of the smoke atlas) trains with one batch per epoch rather than failing
+        warnings.warn(f"{dataset_dir}: {per_rank} training images per process is fewer than one batch of "
+                      f"{config.batch_size}; using batch_size={per_rank}")
+        requested, config = config, dataclasses.replace(config, batch_size=per_rank)
+    else:
+        requested = config
     micro_per_epoch = per_rank // config.batch_size
     accum = int(config.grad_accum_steps)
     steps_per_epoch = math.ceil(micro_per_epoch / accum)
@@ -560,7 +567,8 @@ def _train(config: TrainConfig, dataset_dir: Path, run_dir: Path, dist: DistInfo
                 "dataset_fingerprint": fingerprint(dataset_dir / "manifest.parquet"),
                 "torch": torch.__version__, "resumed_at_step": step if ckpt is not None else None}
     if dist.is_main:
-        write_json(run_dir / "config.json", {**config.to_dict(), "resolved": resolved})
+        write_json(run_dir / "config.json", {**requested.to_dict(), "resolved": {**resolved,
+                                                                                 "batch_size": config.batch_size}})
 
     def save_checkpoint(stats: dict | None) -> None:
         rng = [_rng_state(device)]
@@ -572,7 +580,7 @@ def _train(config: TrainConfig, dataset_dir: Path, run_dir: Path, dist: DistInfo
         state = {"model": model.module.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
                  "epoch": step // steps_per_epoch, "rng": rng, "history": history, "nonfinite_total": nonfinite_total,
-                 "epoch_stats": stats, "config": config.to_dict(),
+                 "epoch_stats": stats, "config": requested.to_dict(),
                  "sampler": {"seed": config.seed, "epoch": step // steps_per_epoch,
                              "micro_batches_done": (step % steps_per_epoch) * accum}}
         with atomic_path(run_dir / CHECKPOINT) as tmp:

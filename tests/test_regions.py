@@ -366,6 +366,7 @@ def smoke_prepared(tmp_path_factory):
     return atlas, R.prepare_regions(atlas, tmp_path_factory.mktemp("smoke_regions"), workers=1)
 
 
+@pytest.mark.slow  # generating the smoke atlas takes ~35 s on 2 shared cores
 def test_smoke_atlas_end_to_end_no_leakage(smoke_prepared):
     """Synthetic smoke atlas -> regions dataset: rows, files and the section split hold together."""
     import pandas as pd

@@ -150,3 +150,19 @@ def test_plan_covers_the_brain_and_profiles_are_data():
     assert max(cor) > 0.4 and min(cor) < -0.4  # anterior to posterior
     with pytest.raises(ValueError, match="unknown"):
         load_profile("nope")
+
+
+def test_comparison_figure(smoke_atlas: Path, tmp_path: Path):
+    from PIL import Image
+
+    from cytoclip.synth.figures import compare_with_reference
+
+    reference_dir = Path(__file__).resolve().parents[1] / "book" / "figures" / "dharani_reference"
+    if not (reference_dir / "dharani_specimen1_section1009_cortex_level4_crop.png").is_file():
+        pytest.skip("DHARANI reference screenshots not available")
+    out = compare_with_reference(smoke_atlas, reference_dir, tmp_path / "cmp.png", specimen=5)
+    img = np.asarray(Image.open(out).convert("RGB"))
+    assert img.shape[0] > 500 and img.shape[1] > 1000
+    assert img.std() > 10  # not a blank canvas
+    with pytest.raises(FileNotFoundError, match="reference screenshot"):
+        compare_with_reference(smoke_atlas, tmp_path, tmp_path / "x.png")

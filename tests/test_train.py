@@ -194,8 +194,11 @@ def test_persistent_nonfinite_loss_stops_with_message(dataset, tmp_path, monkeyp
 def test_bad_config_raises_naming_field(dataset, tmp_path):
     with pytest.raises(ValueError, match="targets"):
         train(_cfg(dataset, tmp_path / "x", targets="nope"))
-    with pytest.raises(ValueError, match="fewer than one batch"):
-        train(_cfg(dataset, tmp_path / "x", batch_size=64))
+    # a split smaller than one batch trains with one batch per epoch, says so, and records the batch it used
+    with pytest.warns(UserWarning, match="fewer than one batch"):
+        run = train(_cfg(dataset, tmp_path / "small", batch_size=64, max_steps=1))
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["batch_size"] == 64 and 2 <= cfg["resolved"]["batch_size"] < 64
     with pytest.raises(FileNotFoundError, match="manifest.parquet"):
         train(_cfg(tmp_path / "missing", tmp_path / "x"))
     with pytest.raises(ValueError, match="unknown training option"):

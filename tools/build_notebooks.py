@@ -40,6 +40,7 @@ warmup_steps = 50
 num_workers = 2
 max_tiles_per_section = None
 retrieval_size = 300
+embedding_method = "umap"     # umap | pca (pca skips UMAP's compile time on the smoke profile)
 device = None                 # None: cuda when available, else cpu
 profile = "demo"
 experiment = "{name}"
@@ -358,7 +359,7 @@ plots.save_figure(fig, out / "confusion_matrix.png"); plt.show()
 fig = plots.per_region_f1_figure(summary["per_class"], synthetic=SYN, title=f"Per-region F1: {experiment}", top=40)
 plots.save_figure(fig, out / "per_region_f1.png"); plt.show()
 fig = plots.embedding_figure(zs["image_embeddings"], {"region": zs["y_true"]}, synthetic=SYN, seed=seed,
-                             title=f"Validation image embeddings: {experiment}")
+                             method=embedding_method, title=f"Validation image embeddings: {experiment}")
 plots.save_figure(fig, out / "embeddings.png"); plt.show()'''),
     md("""
 ## Error analysis

@@ -325,40 +325,6 @@ def try_model(spec: str | os.PathLike, device: str | None = None, **kw: Any):
         return None, f"{type(exc).__name__}: {str(exc).strip()}"
 
 
-# ================================================================================================ embeddings
-def embed_images(model: Any, dataset: Any, batch_size: int = 64, num_workers: int = 0,
-                 desc: str = "embedding images") -> np.ndarray:
-    """L2-normalised image embeddings ``(N, D)`` of an ImageTextDataset whose transform is the model's."""
-    import torch
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
-
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    out = []
-    model.eval()
-    with torch.no_grad():
-        for images, _text, _lab in tqdm(loader, desc=desc, leave=False):
-            with model.autocast():
-                out.append(model.encode_image(images).float().cpu().numpy())
-    if not out:
-        raise ValueError(f"{getattr(dataset, 'dataset_dir', 'dataset')}: no images to embed")
-    return np.concatenate(out)
-
-
-def embed_texts(model: Any, texts: list[str], batch_size: int = 256) -> np.ndarray:
-    """L2-normalised text embeddings ``(N, D)``."""
-    import torch
-
-    out = []
-    model.eval()
-    with torch.no_grad():
-        for i in range(0, len(texts), batch_size):
-            tokens = model.tokenize(list(texts[i:i + batch_size]))
-            with model.autocast():
-                out.append(model.encode_text(tokens).float().cpu().numpy())
-    return np.concatenate(out)
-
-
 def make_dataset(model: Any, dataset_dir: str | os.PathLike, image_type: str | None = None,
                  split: str | None = "val", split_scheme: str | None = None, seed: int = 0,
                  max_items: int | None = None):
@@ -386,15 +352,12 @@ def zero_shot_eval(model: Any, dataset: Any, class_names: list[str] | None = Non
     the model's temperature), ``image_embeddings`` and ``class_names``. Only the classes present in the dataset's
     manifest compete (the paper's setting: all region names of the dataset).
     """
-    import torch
+    from cytoclip.evaluate import embed_images, zero_shot
 
     names = list(class_names or dataset.class_names)
     img = embed_images(model, dataset, batch_size=batch_size)
-    txt = embed_texts(model, names)
-    scale = float(model.logit_scale.exp().detach().cpu()) if hasattr(model.module, "logit_scale") else 100.0
-    logits = scale * img @ txt.T
-    probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
-    order = np.argsort(-logits, axis=1, kind="stable")
+    _, probs = zero_shot(model, img, names)
+    order = np.argsort(-probs, axis=1, kind="stable")
     y_true = np.array([dataset.class_names[i] for i in dataset.labels], dtype=object)
     return {"class_names": names, "y_true": y_true, "y_pred": np.array([names[i] for i in order[:, 0]], dtype=object),
             "top_k": [[names[j] for j in row[:top_k]] for row in order], "probs": probs, "image_embeddings": img}
@@ -513,6 +476,7 @@ def retrieval_eval(model: Any, dataset_dir: str | os.PathLike, frame: pd.DataFra
     "labels": ...}``; the interval is a bootstrap over queries.
     """
     from cytoclip.data import ImageTextDataset
+    from cytoclip.evaluate import embed_images, embed_texts
     from cytoclip.metrics import bootstrap_ci, recall_at_k_per_query
 
     ds = ImageTextDataset(dataset_dir, manifest=frame, transform=model.transform)
@@ -549,115 +513,6 @@ def validation_section(dataset_dir: str | os.PathLike, seed: int = 0) -> tuple[i
     counts = val.groupby(["specimen", "section"]).size().sort_values(ascending=False, kind="stable")
     specimen, section = counts.index[0]
     return int(specimen), section
-
-
-def predict_area(model: Any, section: Any, polygon: Any, class_names: list[str], mpp: float = 16,
-                 top_k: int = 5) -> pd.DataFrame:
-    """Name an arbitrary drawn area (paper Fig 2): crop the polygon's square box at ``mpp`` µm/px, blank the
-    outside, and rank the region names by similarity. ``polygon`` is a shapely geometry in level-0 px.
-
-    Returns a DataFrame ``rank, label, score`` (softmax probability over ``class_names``).
-    """
-    import torch
-    from PIL import Image
-
-    from cytoclip.regions import apply_mask, crop, polygon_mask, square_box
-
-    f = section.mpp0 / float(mpp)
-    from shapely import affinity
-
-    poly = affinity.scale(polygon, xfact=f, yfact=f, origin=(0, 0))
-    image = section.read_level(mpp)
-    x0, y0, x1, y1 = (int(round(v)) for v in poly.bounds)
-    box = square_box((x0, y0, x1, y1), min_side=16, image_size=(image.shape[1], image.shape[0]))
-    rgb = apply_mask(crop(image, box), polygon_mask(poly, box))
-    with torch.no_grad():
-        x = model.transform(Image.fromarray(rgb)).unsqueeze(0)
-        with model.autocast():
-            img = model.encode_image(x).float().cpu().numpy()
-    txt = embed_texts(model, class_names)
-    logits = float(model.logit_scale.exp().detach().cpu()) * img @ txt.T
-    probs = torch.softmax(torch.from_numpy(logits[0]), dim=0).numpy()
-    order = np.argsort(-probs, kind="stable")[:top_k]
-    return pd.DataFrame({"rank": np.arange(1, len(order) + 1), "label": [class_names[i] for i in order],
-                         "score": probs[order]})
-
-
-def segment_section(model: Any, section: Any, class_names: list[str], tile: int = 224, mpp: float = 2,
-                    max_tiles: int | None = None, batch_size: int = 32, seed: int = 0) -> dict[str, Any]:
-    """Coarse segmentation of a whole section (paper Fig 3): every tissue tile of the ``tile`` px grid at ``mpp``
-    µm/px is named by the model; ``max_tiles`` keeps a seeded random subset of the tissue tiles (others stay
-    unpredicted, -1). Returns ``grid`` (class index per tile cell, -1 = not predicted / background), ``boxes``,
-    ``tile`` and ``mpp``.
-    """
-    import torch
-    from PIL import Image
-    from tqdm.auto import tqdm
-
-    from cytoclip.tiles import tile_grid, tissue_fraction, tissue_mask
-
-    width, height = section.size(mpp)
-    boxes = tile_grid(width, height, tile)
-    thumb_mpp = 32.0
-    thumb = section.read_level(thumb_mpp)
-    frac = tissue_fraction(tissue_mask(thumb), boxes, mpp / thumb_mpp)
-    keep = np.flatnonzero(frac >= 0.5)
-    if max_tiles is not None and len(keep) > max_tiles:
-        keep = np.sort(np.random.default_rng(seed).choice(keep, size=int(max_tiles), replace=False))
-    txt = torch.from_numpy(embed_texts(model, class_names))
-    n_cols, n_rows = int(width) // tile, int(height) // tile  # tile_grid keeps whole tiles only
-    grid = np.full((n_rows, n_cols), -1, dtype=np.int64)
-    for start in tqdm(range(0, len(keep), batch_size), desc="segmenting", leave=False):
-        idx = keep[start:start + batch_size]
-        batch = [model.transform(Image.fromarray(section.read_region(int(boxes[i, 0]), int(boxes[i, 1]), tile, tile,
-                                                                      mpp=mpp))) for i in idx]
-        with torch.no_grad(), model.autocast():
-            emb = model.encode_image(torch.stack(batch)).float().cpu()
-        pred = (emb @ txt.T).argmax(1).numpy()
-        for i, p in zip(idx, pred):
-            grid[int(boxes[i, 1]) // tile, int(boxes[i, 0]) // tile] = int(p)
-    return {"grid": grid, "boxes": boxes, "tile": tile, "mpp": mpp, "n_predicted": int(len(keep))}
-
-
-def rasterize_annotations(section: Any, label_of: dict[int, int], mpp: float, shape: tuple[int, int]) -> np.ndarray:
-    """Class-index raster ``shape`` (rows, cols) of a section's annotations at ``mpp`` µm/px; ``label_of`` maps an
-    ontology id to a class index (ids not in it stay -1). Larger regions are painted first, so small regions
-    nested inside them stay visible."""
-    from PIL import Image, ImageDraw
-
-    raster = Image.new("I", (shape[1], shape[0]), -1)
-    draw = ImageDraw.Draw(raster)
-    geoms = [(oid, g) for oid, g in section.annotations(mpp=mpp).items() if int(oid) in label_of]
-    for oid, geom in sorted(geoms, key=lambda t: -t[1].area):
-        for poly in getattr(geom, "geoms", [geom]):
-            if poly.is_empty or not hasattr(poly, "exterior"):
-                continue
-            draw.polygon(list(poly.exterior.coords), fill=int(label_of[int(oid)]))
-            for hole in poly.interiors:
-                draw.polygon(list(hole.coords), fill=-1)
-    return np.asarray(raster, dtype=np.int64)
-
-
-def segmentation_scores(pred: np.ndarray, truth: np.ndarray, class_names: list[str]) -> dict[str, Any]:
-    """Pixel accuracy and per-region IoU of a predicted class raster against the annotation raster.
-
-    Only cells that were predicted (``pred >= 0``) and annotated (``truth >= 0``) are scored.
-    """
-    if pred.shape != truth.shape:
-        raise ValueError(f"pred {pred.shape} and truth {truth.shape}: expected rasters of the same shape")
-    scored = (pred >= 0) & (truth >= 0)
-    if not scored.any():
-        raise ValueError("segmentation: no cell is both predicted and annotated")
-    p, t = pred[scored], truth[scored]
-    rows = []
-    for c in sorted(set(p.tolist()) | set(t.tolist())):
-        inter = int(((p == c) & (t == c)).sum())
-        union = int(((p == c) | (t == c)).sum())
-        rows.append({"label": class_names[c], "iou": inter / union, "true_cells": int((t == c).sum()),
-                     "predicted_cells": int((p == c).sum())})
-    per_region = pd.DataFrame(rows).sort_values("true_cells", ascending=False, kind="stable").reset_index(drop=True)
-    return {"pixel_accuracy": float((p == t).mean()), "n_cells": int(scored.sum()),
-            "mean_iou": float(per_region.loc[per_region["true_cells"] > 0, "iou"].mean()), "per_region": per_region}
 
 
 def multi_region_summary(primary: Any, predicted_sets: list[list[str]], seed: int = 0,

@@ -163,17 +163,6 @@ def test_multi_region_summary_counts_primary_in_prediction():
     assert s["ci"]["f1_weighted"]["low"] <= s["f1_weighted"] <= s["ci"]["f1_weighted"]["high"]
 
 
-def test_segmentation_scores():
-    truth = np.array([[0, 0, 1], [1, 1, -1]])
-    pred = np.array([[0, 1, 1], [1, -1, 0]])
-    s = wf.segmentation_scores(pred, truth, ["x", "y"])
-    assert s["n_cells"] == 4 and s["pixel_accuracy"] == pytest.approx(0.75)
-    iou = dict(zip(s["per_region"]["label"], s["per_region"]["iou"]))
-    assert iou == {"x": pytest.approx(0.5), "y": pytest.approx(2 / 3)}
-    with pytest.raises(ValueError, match="same shape"):
-        wf.segmentation_scores(pred[:1], truth, ["x", "y"])
-
-
 def test_label_counts_and_ids(tmp_path: Path):
     d = _dataset(tmp_path)
     counts = wf.label_counts(d)

@@ -573,7 +573,14 @@ ann = section.annotations()
 oid, geom = max(ann.items(), key=lambda kv: kv[1].area)
 centre = geom.representative_point()
 area = Point(centre.x, centre.y).buffer(0.5 * (geom.area / np.pi) ** 0.5)
-ranking = wf.predict_area(net, section, area, class_names, mpp=16)
+from shapely import affinity
+
+from cytoclip import evaluate
+
+to16 = section.mpp0 / 16  # the drawn area is in level-0 px; the whole-region model reads 16 µm/px
+label, score, top = evaluate.predict_area(net, section, affinity.scale(area, to16, to16, origin=(0, 0)),
+                                          class_names, mpp=16)
+ranking = pd.DataFrame(top, columns=["label", "score"]).rename_axis("rank")
 display(Markdown(f"**A drawn area on specimen {spec_id}, section {sec_id} ({LABEL})**: the disc lies mostly in "
                  f"*{atlas.ontology.name(oid)}*."))
 display(ranking.round(4))
@@ -592,23 +599,33 @@ tnet = create_model(tiles_run, device=device)
 tiles_manifest = pd.read_parquet(data["tiles"] / "manifest.parquet")
 tile_px, tile_mpp = 224, float(tiles_manifest["mpp"].iloc[0])
 tile_classes = sorted(tiles_manifest["label"].unique())
-seg = wf.segment_section(tnet, section, tile_classes, tile=tile_px, mpp=tile_mpp, max_tiles=max_tiles_per_section,
-                         batch_size=batch_size, seed=seed)
-name_to_index = {n: i for i, n in enumerate(tile_classes)}
-id_to_index = {oid: name_to_index[n] for n, oid in wf.label_ids(data["tiles"]).items() if n in name_to_index}
+ids = wf.label_ids(data["tiles"])
+colors = [atlas.ontology.color(ids[n]) for n in tile_classes]
+seg = evaluate.segment_section(tnet, section, tile_classes, tile=tile_px, mpp=tile_mpp, colors=colors,
+                               batch_size=batch_size)
+# the annotation on the same tile grid: the leaf structure holding each tile's centre
+index_of = {ids[n]: i for i, n in enumerate(tile_classes) if n in ids}
 leaf = leaf_label_map(atlas.ontology)
-label_of = {oid: id_to_index[m] for oid, m in leaf.items() if m is not None and m in id_to_index}
-truth = wf.rasterize_annotations(section, label_of, tile_mpp * tile_px, seg["grid"].shape)
-scores = wf.segmentation_scores(seg["grid"], truth, tile_classes)
-display(Markdown(f"**Coarse segmentation ({LABEL})**: {seg['n_predicted']} tiles named; pixel accuracy "
-                 f"{scores['pixel_accuracy']:.3f} over {scores['n_cells']} tile cells, mean IoU {scores['mean_iou']:.3f}."))
-display(scores["per_region"].head(20).round(3))
-colors = [atlas.ontology.color(wf.label_ids(data["tiles"])[n]) for n in tile_classes]
-fig = plots.segmentation_overlay_figure(thumb, seg["grid"], tile_classes, colors, synthetic=SYN,
+by_class = {}
+for oid, g in section.annotations(mpp=tile_mpp).items():
+    c = index_of.get(leaf.get(int(oid)))
+    if c is not None:
+        by_class.setdefault(c, []).append(g)
+from shapely import union_all
+
+truth = evaluate.annotation_grid({c: union_all(gs) for c, gs in by_class.items()}, seg["labels"].shape, cell=tile_px)
+scores = evaluate.segmentation_scores(seg["labels"], truth, class_names=tile_classes)
+n_predicted = int((seg["labels"] >= 0).sum())
+display(Markdown(f"**Coarse segmentation ({LABEL})**: {n_predicted} tissue tiles named; pixel accuracy "
+                 f"{scores['pixel_accuracy']:.3f} over {scores['n_pixels']} annotated tile cells, mean IoU "
+                 f"{scores['mean_iou']:.3f}."))
+per_region = pd.DataFrame(sorted(scores["iou"].items(), key=lambda kv: -np.nan_to_num(kv[1])),
+                          columns=["region", "iou"])
+display(per_region.head(20).round(3))
+fig = plots.segmentation_overlay_figure(thumb, seg["labels"], tile_classes, colors, synthetic=SYN,
                                         title=f"Coarse segmentation, specimen {spec_id} section {sec_id}")
 plots.save_figure(fig, out / "segmentation.png"); plt.show()
-results["segmentation"] = {k: v for k, v in scores.items()}
-results["segmentation"]["n_predicted"] = seg["n_predicted"]'''),
+results["segmentation"] = {**scores, "n_predicted": n_predicted}'''),
     code(FINISH),
 ]
 

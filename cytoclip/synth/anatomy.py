@@ -114,9 +114,18 @@ def age_factor(age_gw: float) -> float:
 
 
 def cerebrum_sdf(a: float) -> Callable:
-    # two hemispheres separated by the interhemispheric fissure above the diencephalon
-    hemi = mirrored(lambda s: ellipsoid((0.05, 0.12, s * 0.37), (0.95, 0.62, 0.45 + 0.03 * a)))
-    return hemi
+    """Two hemispheres (split by the interhemispheric fissure) whose temporal lobes hang below the lateral
+    (Sylvian) fissure: lateral sagittal cuts show the C-shaped hemisphere of the fetal brain."""
+    dorsal = mirrored(lambda s: ellipsoid((0.05, 0.2, s * 0.37), (0.95, 0.52, 0.45 + 0.03 * a)))
+    temporal = mirrored(lambda s: ellipsoid((-0.08, -0.3, s * 0.5), (0.5, 0.24, 0.26)))
+    basal = mirrored(lambda s: ellipsoid((0.1, -0.12, s * 0.25), (0.55, 0.3, 0.3)))
+    fissure = mirrored(lambda s: ellipsoid((0.12, -0.1, s * 0.8), (0.5, 0.045 + 0.02 * (1 - a), 0.2)))
+
+    def sdf(x, y, z):
+        inside = np.minimum.reduce([dorsal(x, y, z), temporal(x, y, z), basal(x, y, z)])
+        return np.maximum(inside, -fissure(x, y, z))
+
+    return sdf
 
 
 def ventricle_sdf(a: float) -> Callable:

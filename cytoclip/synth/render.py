@@ -49,11 +49,11 @@ def _stable_unit(key: str, salt: str) -> float:
 # cortical plate, cell-sparse marginal zone and subplate, an intermediate zone of migrating elongated cells.
 ZONE_CYTO: dict[str, Cyto] = {
     "MZ": Cyto(0.0025, 1, 0.7, 0.05, 0.2),
-    "CP": Cyto(0.060, 1, 0.95, 0.14, 0.1),
+    "CP": Cyto(0.042, 1, 0.8, 0.10, 0.1),
     "SP": Cyto(0.0055, 2, 0.75, 0.06, 0.4),
     "IZ": Cyto(0.010, 4, 0.7, 0.07, 0.2),
-    "SVZ": Cyto(0.050, 0, 0.95, 0.12, 0.3),
-    "VZ": Cyto(0.085, 3, 1.0, 0.16, 0.1),
+    "SVZ": Cyto(0.040, 0, 0.85, 0.10, 0.3),
+    "VZ": Cyto(0.065, 3, 0.9, 0.13, 0.1),
 }
 FIBRE_TRACTS = {"int", "ext", "cc", "ac", "fx", "mth", "och", "cp", "pc", "ml", "cpb", "emlth"}
 GERMINAL = {"ftctxn", "orbn", "parn", "ocn", "tempn", "cingn", "phipn", "hipg", "str-g", "cc-gli", "dne", "tg",

@@ -176,6 +176,8 @@ def run_study(profile: str = "demo", only: list[str] | None = None, config: str 
 
     study = load_study(config)
     order = execution_order(study, only)
+    # progress bars belong to interactive use; in executed pages they are noise (the runner logs progress)
+    os.environ.setdefault("TQDM_DISABLE", "1")
     code = code_fingerprint()
     outcomes: dict[str, ExperimentOutcome] = {}
     fingerprints: dict[str, str] = {}
@@ -221,6 +223,7 @@ def run_study(profile: str = "demo", only: list[str] | None = None, config: str 
             status, message = "failed", f"{type(exc).__name__}: {exc}"
         seconds = time.perf_counter() - t0
         if running.exists():
+            _dress_for_book(running, exp.title)
             os.replace(running, out_nb)  # the failed notebook is kept on purpose: it shows the error
         write_json(record_path, {"experiment": exp_id, "title": exp.title, "profile": profile, "status": status,
                                  "message": message, "fingerprint": fp, "params": params,
@@ -231,6 +234,23 @@ def run_study(profile: str = "demo", only: list[str] | None = None, config: str 
     _write_study_log(study, profile, result)
     write_toc(study)
     return result
+
+
+def _dress_for_book(path: Path, title: str) -> None:
+    """Title the executed page after its experiment (one notebook runs several experiments) and fold the
+    parameter cells away (Jupyter Book's ``hide-cell`` tag; readers can still open them)."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.setdefault("tags", [])
+        if ("parameters" in tags or "injected-parameters" in tags) and "hide-cell" not in tags:
+            tags.append("hide-cell")
+    heading = next((c for c in nb.cells if c.cell_type == "markdown" and c.source.lstrip().startswith("# ")), None)
+    if heading is not None:
+        lines = heading.source.lstrip().splitlines()
+        heading.source = "\n".join([f"# {title}"] + lines[1:])
+    nbformat.write(nb, path)
 
 
 def _stored_fingerprint(study: Study, exp_id: str) -> str | None:

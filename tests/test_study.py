@@ -88,6 +88,8 @@ def test_broken_notebook_fails_run_and_unchanged_rerun_skips(mini_study: Path, c
     assert record["status"] == "failed"
     executed = nbformat.read(book / "experiments" / "broken.ipynb", as_version=4)
     assert any(o.get("ename") == "RuntimeError" for c in executed.cells for o in c.get("outputs", []))
+    assert all("hide-cell" in c.metadata["tags"] for c in executed.cells
+               if {"parameters", "injected-parameters"} & set(c.metadata.get("tags", [])))
     assert json.loads((book / "results" / "after_first" / "out.json").read_text()) == {"value": 7}
     assert not (book / "experiments" / "after_broken.ipynb").exists()  # blocked, not run
     toc = yaml.safe_load((book / "_toc.yml").read_text())

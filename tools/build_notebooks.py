@@ -119,7 +119,7 @@ def code(text: str):
 
 def params_cell(name: str, extra: str = "") -> nbformat.NotebookNode:
     cell = code(COMMON_PARAMS.format(name=name) + extra)
-    cell.metadata["tags"] = ["parameters"]
+    cell.metadata["tags"] = ["parameters", "hide-cell"]  # hide-cell: folded away in the book
     return cell
 
 
@@ -704,7 +704,7 @@ def build() -> list[Path]:
              "cross_plane": notebook("cross_plane", cross_notebook("plane")),
              "retrieval": notebook("retrieval", RETRIEVAL), "segmentation": notebook("segmentation", SEGMENTATION)}
     summary = new_notebook(cells=[code(SUMMARY_PARAMS)] + SUMMARY)
-    summary.cells[0].metadata["tags"] = ["parameters"]
+    summary.cells[0].metadata["tags"] = ["parameters", "hide-cell"]
     summary.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     summary.metadata["language_info"] = {"name": "python"}
     books["summary"] = summary

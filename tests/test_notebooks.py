@@ -77,10 +77,6 @@ def test_builder_reproduces_the_committed_notebooks(tmp_path: Path, monkeypatch)
 def test_whole_study_smoke_and_book(tmp_path: Path):
     """Run every experiment on the smoke profile through the runner, then build the book without warnings about
     missing files or references."""
-    synth = pytest.importorskip("cytoclip.synth", reason="the synthetic atlas generator is not installed yet")
-    if not hasattr(synth, "generate"):
-        pytest.skip("cytoclip.synth has no generate() yet")
-    pytest.importorskip("cytoclip.train", reason="the trainer is not installed yet")
     from cytoclip import study as st
 
     shutil.copytree(NOTEBOOKS, tmp_path / "notebooks")

@@ -349,21 +349,9 @@ def test_cli_prepare_regions(mini_atlas, tmp_path, capsys):
 
 # ---------------------------------------------------------------------------- end to end on the smoke atlas
 
-def _synth_generate():
-    try:
-        from cytoclip.synth import generate
-    except ImportError:
-        return None
-    return generate
-
-
 @pytest.fixture(scope="module")
-def smoke_prepared(tmp_path_factory):
-    generate = _synth_generate()
-    if generate is None:
-        pytest.skip("cytoclip.synth.generate is not available")
-    atlas = generate(tmp_path_factory.mktemp("smoke") / "atlas", profile="smoke", seed=0, workers=1)
-    return atlas, R.prepare_regions(atlas, tmp_path_factory.mktemp("smoke_regions"), workers=1)
+def smoke_prepared(smoke_atlas, tmp_path_factory):
+    return smoke_atlas, R.prepare_regions(smoke_atlas, tmp_path_factory.mktemp("smoke_regions"), workers=1)
 
 
 @pytest.mark.slow  # generating the smoke atlas takes ~35 s on 2 shared cores

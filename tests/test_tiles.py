@@ -371,16 +371,7 @@ def test_prepare_tiles_with_the_atlas_reader_in_worker_processes(layout_atlas, t
 # ----------------------------------------------------------------------------- end-to-end, synthetic atlas
 
 
-@pytest.fixture(scope="module")
-def smoke_atlas(tmp_path_factory):
-    synth = pytest.importorskip("cytoclip.synth")
-    if not hasattr(synth, "generate"):
-        pytest.skip("cytoclip.synth.generate not available yet")
-    return synth.generate(tmp_path_factory.mktemp("atlas") / "smoke", "smoke")
-
-
 def test_prepare_tiles_on_smoke_synthetic_atlas(smoke_atlas, tmp_path):
-    pytest.importorskip("cytoclip.atlas")
     from cytoclip.atlas import Atlas
 
     secs = Atlas(smoke_atlas).sections().iloc[:2][["specimen", "section"]]

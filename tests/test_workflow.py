@@ -214,7 +214,6 @@ def test_run_is_finished_compares_config(tmp_path: Path):
 
 
 def test_train_config_maps_notebook_parameters(tmp_path: Path):
-    pytest.importorskip("cytoclip.train")
     cfg = wf.train_config(dataset_dir=tmp_path, run_dir=tmp_path / "r", model="tiny", epochs=2, lr=1e-3, seed=3,
                           warmup_steps=None)
     import dataclasses

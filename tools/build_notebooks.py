@@ -41,6 +41,7 @@ num_workers = 2
 max_tiles_per_section = None
 retrieval_size = 300
 embedding_method = "umap"     # umap | pca (pca skips UMAP's compile time on the smoke profile)
+n_boot = 1000                 # bootstrap resamples behind every 95 % interval
 device = None                 # None: cuda when available, else cpu
 profile = "demo"
 experiment = "{name}"
@@ -91,7 +92,7 @@ def classify(run_dir, dataset_dir, image_type, split_name="val"):
     net = create_model(run_dir, device=device)
     ds = wf.make_dataset(net, dataset_dir, image_type=image_type, split=split_name)
     zs = wf.zero_shot_eval(net, ds, batch_size=batch_size)
-    return zs, wf.classification_summary(zs["y_true"], zs["y_pred"], seed=seed)
+    return zs, wf.classification_summary(zs["y_true"], zs["y_pred"], seed=seed, n_boot=n_boot)
 
 
 def show_summary(summary, caption):
@@ -270,7 +271,7 @@ for paper_name, spec, size, itype in BASES:
         continue
     ds = wf.make_dataset(net, data["regions"], image_type=itype, split="val")
     zs = wf.zero_shot_eval(net, ds, batch_size=batch_size)
-    s = wf.classification_summary(zs["y_true"], zs["y_pred"], seed=seed)
+    s = wf.classification_summary(zs["y_true"], zs["y_pred"], seed=seed, n_boot=n_boot)
     rows.append({"model": paper_name, "spec": spec, **{m: s[m] for m in report.CLASSIFICATION_METRICS}})
     headline += report.classification_rows(key, s, ours_model=f"{spec} (pretrained, zero-shot)", data=LABEL)
 display(Markdown("**Not run** (weights absent; the reason is the loader's message):"))
@@ -285,7 +286,7 @@ scored the same way. It stands beside the paper's base rows only to show the cha
     code('''stand_in = create_model("tiny", device=device, pretrained=False, image_size=image_size, seed=seed)
 ds = wf.make_dataset(stand_in, data["regions"], image_type=image_type, split="val")
 zs = wf.zero_shot_eval(stand_in, ds, batch_size=batch_size)
-s = wf.classification_summary(zs["y_true"], zs["y_pred"], seed=seed)
+s = wf.classification_summary(zs["y_true"], zs["y_pred"], seed=seed, n_boot=n_boot)
 n_labels = len(ds.class_names)
 chance = 1.0 / n_labels
 table = pd.DataFrame([{"model": "untrained tiny CLIP (chance-level stand-in)", "accuracy": s["accuracy"],
@@ -346,7 +347,8 @@ if multi_region:
     frame = pd.read_parquet(eval_dir / "manifest.parquet")
     regions_of = {c: list(m) for c, m in zip(frame["caption"], frame["multi_labels"])}
     val = frame[(frame["image_type"] == image_type) & (frame["split"] == "val")].reset_index(drop=True)
-    summary = wf.multi_region_summary(val["primary_label"], [regions_of[p] for p in zs["y_pred"]], seed=seed)
+    summary = wf.multi_region_summary(val["primary_label"], [regions_of[p] for p in zs["y_pred"]], seed=seed,
+                                      n_boot=n_boot)
 show_summary(summary, f"{experiment}: validation ({LABEL}, {label_type}-region labels)")
 key = report.paper_key("I", image_type="High-res tiles" if dataset == "tiles" else "Complete region",
                        model=paper_model, image_size=str(paper_image_size), label_type=label_type)
@@ -512,7 +514,7 @@ for set_name, frame in frames.items():
         if net is None:
             not_run.append({"set": set_name, "model": paper_name, "spec": spec, "reason": reason})
             continue
-        r = wf.retrieval_eval(net, dset, frame, seed=seed)
+        r = wf.retrieval_eval(net, dset, frame, seed=seed, n_boot=n_boot)
         rows.append(r["rows"].assign(set=set_name, model=paper_name, ours_model=what))
         if example is None and paper_name.startswith("CytoCLIP"):
             example = (set_name, paper_name, r)

@@ -53,15 +53,21 @@ def ensure_atlas(source: str = "synthetic", atlas_root: str | os.PathLike | None
     return Path(generate(root, profile=atlas_profile or "demo", seed=seed, workers=workers))
 
 
-def prepared_dir(atlas_root: str | os.PathLike, kind: str, data_dir: str | os.PathLike = "data") -> Path:
-    """Where the prepared dataset of ``kind`` ("regions" or "tiles") for an atlas lives."""
-    return Path(data_dir) / "prepared" / Path(atlas_root).name / kind
+def prepared_dir(atlas_root: str | os.PathLike, kind: str, data_dir: str | os.PathLike = "data",
+                 max_tiles_per_section: int | None = None) -> Path:
+    """Where the prepared dataset of ``kind`` ("regions" or "tiles") for an atlas lives.
+
+    A tile subsample is a different dataset, so it gets its own directory (``tiles-max120``): changing the
+    parameter never overwrites a finished dataset.
+    """
+    name = kind if kind != "tiles" or max_tiles_per_section is None else f"tiles-max{int(max_tiles_per_section)}"
+    return Path(data_dir) / "prepared" / Path(atlas_root).name / name
 
 
 def ensure_prepared(atlas_root: str | os.PathLike, kind: str = "regions", data_dir: str | os.PathLike = "data",
                     seed: int = 0, workers: int | None = None, **params: Any) -> Path:
     """The prepared dataset of ``kind`` for an atlas; prepared (resuming finished sections) when needed."""
-    out = prepared_dir(atlas_root, kind, data_dir)
+    out = prepared_dir(atlas_root, kind, data_dir, params.get("max_tiles_per_section"))
     if kind == "regions":
         from cytoclip.regions import prepare_regions
 
@@ -113,10 +119,8 @@ def study_data(source: str = "synthetic", atlas_root: str | os.PathLike | None =
     """The atlas and the prepared datasets a notebook needs, built when missing and reused when present.
 
     Returns ``{"atlas": root, "regions": dir, "tiles": dir}`` (only the ``kinds`` asked for besides the atlas).
-    ``workers`` defaults to 1 on a machine with few cores: process pools cost more than they save there.
+    ``workers`` defaults to all cores (sections are rendered and prepared in parallel).
     """
-    if workers is None:
-        workers = 1 if (os.cpu_count() or 1) <= 2 else None
     atlas = ensure_atlas(source, atlas_root, atlas_profile, data_dir, seed, workers=workers)
     out: dict[str, Path] = {"atlas": atlas}
     for kind in kinds:

@@ -417,34 +417,18 @@ def label_adjacency(atlas_root: str | os.PathLike, dataset_dir: str | os.PathLik
                     tolerance_px: float = 2.0) -> set[frozenset]:
     """Pairs of class names whose regions touch (within ``tolerance_px`` at 16 µm/px) in some section.
 
-    Regions are the dataset's merged labels, read from the annotations of the sections the dataset used
-    (at most ``max_sections`` of them, in manifest order).
+    The sections are those the dataset used (at most ``max_sections``, in manifest order); the geometry work is
+    :func:`cytoclip.evaluate.label_adjacency`.
     """
-    from shapely.ops import unary_union
-
     from cytoclip.atlas import Atlas
-    from cytoclip.ontology import load_merge_spec, merge_map
+    from cytoclip.evaluate import label_adjacency as adjacency
 
     atlas = Atlas(atlas_root)
     manifest = load_manifest_checked(dataset_dir)
-    id_to_name = dict(zip(manifest["label_id"].astype(int), manifest["label"].astype(str)))
-    spec = "identity" if "tile" in set(manifest["image_type"]) else "lowres"
-    mapping = merge_map(atlas.ontology, load_merge_spec(spec))
-    pairs: set[frozenset] = set()
+    label_ids = dict(zip(manifest["label_id"].astype(int), manifest["label"].astype(str)))
     keys = manifest[["specimen", "section"]].drop_duplicates().head(max_sections)
-    for spec_id, sec in keys.itertuples(index=False):
-        geoms: dict[str, list] = {}
-        for oid, geom in atlas.section(int(spec_id), sec).annotations(mpp=16).items():
-            merged = mapping.get(int(oid))
-            if merged is not None and merged in id_to_name:
-                geoms.setdefault(id_to_name[merged], []).append(geom)
-        shapes = {k: unary_union(v).buffer(tolerance_px) for k, v in geoms.items()}
-        names = sorted(shapes)
-        for i, a in enumerate(names):
-            for b in names[i + 1:]:
-                if shapes[a].intersects(shapes[b]):
-                    pairs.add(frozenset((a, b)))
-    return pairs
+    return adjacency(atlas, list(keys.itertuples(index=False, name=None)), label_ids, atlas.ontology,
+                     mpp=16.0, tolerance=tolerance_px)
 
 
 # ================================================================================================ retrieval

@@ -10,7 +10,7 @@ memory), which tells whether training is input-bound.
 
 Without ``--dataset`` a small prepared-like dataset of synthetic texture PNGs (labelled synthetic) is built.
 
-CPU (this machine):  python benchmarks/bench_train.py --threads 2 --workers 1
+CPU (this machine):  python benchmarks/bench_train.py --threads 1 --workers 1
 GPU:                 python benchmarks/bench_train.py --device cuda --batch-size 64 --workers 8 --images 4096 \
                          --dataset data/prepared/<atlas>/regions --image-type square224
 """
@@ -96,7 +96,7 @@ def loader_vs_model(dataset: Path, image_type: str, args, device: torch.device) 
     from cytoclip.data import ImageTextDataset
     from cytoclip.loss import ContrastiveLoss
     from cytoclip.models import create_model
-    from cytoclip.train import EpochSeededItems, _collate, seed_worker
+    from cytoclip.train import EpochSeededItems, _collate, _fused_kw, seed_worker
 
     model = create_model(args.model, device=device)
     ds = EpochSeededItems(ImageTextDataset(dataset, image_type=image_type, split="train",
@@ -113,10 +113,13 @@ def loader_vs_model(dataset: Path, image_type: str, args, device: torch.device) 
         n += b[0].shape[0]
     loader_rate = n / max(1e-9, time.perf_counter() - t0) if n else float("nan")
 
-    images = batch[0].to(device)
+    # the step as the trainer takes it (its default channels_last and fused AdamW), the batch held in memory
+    model.module.to(memory_format=torch.channels_last)
+    images = batch[0].to(device).contiguous(memory_format=torch.channels_last)
     tokens = model.tokenize(["region 0"] * images.shape[0]).to(device)
     model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4,
+                            **_fused_kw(model.module, device))
     loss_fn = ContrastiveLoss()
     dtype = torch.bfloat16 if device.type == "cuda" else None
     times = []
@@ -153,7 +156,10 @@ def run_cytoclip(dataset: Path, image_type: str, args, work: Path) -> dict:
     epochs = [r for r in recs if r["kind"] == "epoch"]
     n = epochs[-1]["step"] * args.batch_size  # images seen over all epochs (one process)
     return {"wall_s": wall, "images_per_s_total": n / wall, "images_per_s_steady": epochs[-1]["images_per_s"],
-            "images_trained": n}
+            "images_trained": n,
+            # the trainer's own split of its last epoch: time in the model step vs the whole epoch (data waits)
+            "model_images_per_s_in_run": epochs[-1]["model_images_per_s"],
+            "data_wait_fraction": 1 - epochs[-1]["images_per_s"] / epochs[-1]["model_images_per_s"]}
 
 
 def run_open_clip(csv: Path, args, work: Path, device: torch.device) -> dict:
@@ -172,11 +178,18 @@ def run_open_clip(csv: Path, args, work: Path, device: torch.device) -> dict:
             "--epochs", str(args.epochs), "--workers", str(args.workers), "--lr", "5e-4", "--warmup", "10",
             "--wd", "0.2", "--precision", precision, "--seed", "0", "--logs", str(logs), "--name", "bench",
             "--log-every-n-steps", "1", "--save-frequency", "1", "--report-to", ""]
+    # open_clip's setup_logging sets every existing logger (torch's included) to INFO; put them back after
+    levels = {name: lg.level for name, lg in logging.root.manager.loggerDict.items()
+              if isinstance(lg, logging.Logger)}
+    root_level = logging.getLogger().level
     t = time.perf_counter()
     try:
         rc = oc_main(argv)
     finally:
-        logging.getLogger().setLevel(logging.WARNING)  # open_clip turns the root logger to INFO
+        logging.getLogger().setLevel(root_level)
+        for name, lg in logging.root.manager.loggerDict.items():
+            if isinstance(lg, logging.Logger):
+                lg.setLevel(levels.get(name, logging.NOTSET))
     wall = time.perf_counter() - t
     if rc not in (None, 0):
         raise RuntimeError(f"open_clip_train.main returned {rc}; see {logs / 'bench' / 'out.log'}")
@@ -198,15 +211,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", help="prepared dataset dir (default: build a synthetic one)")
     p.add_argument("--image-type", default="square224")
     p.add_argument("--model", default="tiny", choices=["tiny", "tiny-vit"])
-    p.add_argument("--images", type=int, default=384, help="training images used from the dataset")
+    p.add_argument("--images", type=int, default=640, help="training images used from the dataset")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (both trainers)")
-    p.add_argument("--model-steps", type=int, default=5, help="timed steps of the model-alone measurement")
+    p.add_argument("--model-steps", type=int, default=10, help="timed steps of the model-alone measurement")
     p.add_argument("--no-augment", action="store_true",
                    help="cytoclip without its flips/colour jitter (isolates the cost of the augmentation)")
-    p.add_argument("--repeats", type=int, default=2, help="alternating runs of each trainer (best kept)")
+    p.add_argument("--repeats", type=int, default=3, help="alternating runs of each trainer (best kept)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None, help="write the figures as JSON here")
     args = p.parse_args(argv)
@@ -252,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{k:>9}: steady {r['images_per_s_steady']:.1f} img/s (repeats "
               f"{[round(x, 1) for x in r['repeats_steady']]}), with start-up "
               f"{r['images_per_s_total']:.1f} img/s ({r['wall_s']:.1f} s)")
+    c = res["cytoclip"]
+    print(f"cytoclip's last epoch: model step {c['model_images_per_s_in_run']:.1f} img/s; waiting for data "
+          f"{100 * c['data_wait_fraction']:.1f}% of the epoch")
     print(f"cytoclip / open_clip: steady {res['ratio_steady']:.2f}x, with start-up {res['ratio_total']:.2f}x")
     if args.out:
         write_json(args.out, res)

@@ -77,7 +77,7 @@ class TrainConfig:
     augment: bool = True                  # the model's train_transform (flips, mild jitter)
     precision: str = "auto"               # auto: bf16 (or fp16) on CUDA, fp32 on CPU
     compile: bool = False
-    channels_last: bool = False
+    channels_last: bool = True            # NHWC weights/inputs: faster convs (CPU oneDNN, CUDA AMP)
     num_workers: int = 2
     seed: int = 0
     device: str = "auto"                  # auto | cpu | cuda | cuda:N
@@ -205,8 +205,11 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 class EpochSeededItems(torch.utils.data.Dataset):
     """A dataset view whose random transforms of item *i* in epoch *e* depend only on ``(seed, e, i)``.
 
-    The global RNGs are forked around each item, so the caller's RNG stream is left untouched (with
-    ``num_workers=0`` the main process's stream would otherwise depend on how many items were loaded).
+    Items are fetched by ``(epoch, index)`` keys (from :class:`EpochKeySampler`), so the epoch travels with
+    the request: persistent loader workers, forked once, need no update between epochs. A plain integer
+    index uses ``self.epoch``. The global RNGs are forked around each item, so the caller's RNG stream is left
+    untouched (with ``num_workers=0`` the main process's stream would otherwise depend on how many items were
+    loaded).
     """
 
     def __init__(self, dataset: torch.utils.data.Dataset, seed: int):
@@ -215,26 +218,34 @@ class EpochSeededItems(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int):
-        item_seed = (self.seed * 1_000_003 + self.epoch * 10_007 + int(index)) % (2**63 - 1)
+    def __getitem__(self, key):
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
+        item_seed = (self.seed * 1_000_003 + int(epoch) * 10_007 + int(index)) % (2**63 - 1)
         state = random.getstate()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(item_seed)
             random.seed(item_seed)
             try:
-                return self.dataset[index]
+                return self.dataset[int(index)]
             finally:
                 random.setstate(state)
 
 
-class SkipSampler(torch.utils.data.Sampler):
-    """The indices of ``sampler`` after the first ``skip`` (to resume inside an epoch)."""
+class EpochKeySampler(torch.utils.data.Sampler):
+    """``(epoch, index)`` keys of ``sampler``'s order for the current epoch, after the first ``skip`` (to
+    resume inside an epoch). ``set_epoch`` reshuffles (a ``DistributedSampler``); one DataLoader with
+    persistent workers serves every epoch, since the sampler is read in the main process at each ``iter``."""
 
-    def __init__(self, sampler: torch.utils.data.Sampler, skip: int = 0):
-        self.sampler, self.skip = sampler, int(skip)
+    def __init__(self, sampler: torch.utils.data.DistributedSampler, skip: int = 0):
+        self.sampler, self.skip, self.epoch = sampler, int(skip), 0
 
-    def __iter__(self) -> Iterator[int]:
-        return itertools.islice(iter(self.sampler), self.skip, None)
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Order of ``epoch``, leaving out its first ``skip`` items."""
+        self.epoch, self.skip = int(epoch), int(skip)
+        self.sampler.set_epoch(self.epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return ((self.epoch, i) for i in itertools.islice(iter(self.sampler), self.skip, None))
 
     def __len__(self) -> int:
         return max(0, len(self.sampler) - self.skip)
@@ -302,6 +313,16 @@ def _param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
     if not decay and not no_decay:
         raise ValueError("TrainConfig.freeze_image/freeze_text: every parameter is frozen; nothing to train")
     return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+def _fused_kw(module: nn.Module, device: torch.device) -> dict:
+    """``fused=True`` for AdamW where torch has the fused kernel (CPU, CUDA, MPS) and every parameter is a
+    floating-point tensor on that device: one kernel instead of a loop of per-tensor ops (the CPU step of the
+    tiny model takes about a third of the time of the default ``foreach`` one)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    ok = device.type in ("cpu", "cuda", "mps") and all(p.is_floating_point() and p.device.type == device.type
+                                                      for p in params)
+    return {"fused": True} if ok else {}
 
 
 def lr_lambda(warmup_steps: int, total_steps: int, schedule: str):
@@ -531,7 +552,7 @@ def _train(config: TrainConfig, dataset_dir: Path, run_dir: Path, dist: DistInfo
     # -- optimisation -----------------------------------------------------------------------------------------
     towers: nn.Module = _Towers(model)
     optimizer = torch.optim.AdamW(_param_groups(model.module, config.weight_decay), lr=config.lr,
-                                  betas=tuple(config.betas), eps=config.eps)
+                                  betas=tuple(config.betas), eps=config.eps, **_fused_kw(model.module, device))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config.warmup_steps, total_steps,
                                                                        config.schedule))
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
@@ -591,16 +612,17 @@ def _train(config: TrainConfig, dataset_dir: Path, run_dir: Path, dist: DistInfo
     consecutive_bad = 0
     bar = tqdm(total=stop_at, initial=min(step, stop_at), desc=f"training {run_dir.name}", unit="step",
                disable=not dist.is_main)
+    # one loader for the whole run: persistent workers are forked once, not at every epoch
+    keys = EpochKeySampler(sampler)
+    loader = torch.utils.data.DataLoader(
+        items, batch_size=config.batch_size, sampler=keys, num_workers=config.num_workers, collate_fn=_collate,
+        drop_last=True, pin_memory=device.type == "cuda", worker_init_fn=seed_worker,
+        generator=torch.Generator().manual_seed(config.seed), persistent_workers=config.num_workers > 0)
     while step < stop_at:
         epoch, done_in_epoch = divmod(step, steps_per_epoch)
-        sampler.set_epoch(epoch)
         items.epoch = epoch
         skip = done_in_epoch * accum
-        loader = torch.utils.data.DataLoader(
-            items, batch_size=config.batch_size, sampler=SkipSampler(sampler, skip * config.batch_size),
-            num_workers=config.num_workers, collate_fn=_collate, drop_last=True, pin_memory=device.type == "cuda",
-            worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(config.seed + epoch),
-            persistent_workers=False)
+        keys.set_epoch(epoch, skip * config.batch_size)
         stats = epoch_stats if (epoch_stats and done_in_epoch) else {"loss_sum": 0.0, "n_batches": 0, "images": 0,
                                                                      "compute_s": 0.0, "nonfinite": 0}
         epoch_stats = None
@@ -623,15 +645,20 @@ def _train(config: TrainConfig, dataset_dir: Path, run_dir: Path, dist: DistInfo
                 with amp():
                     img_f, txt_f = towers(images, tokens)
                     loss = loss_fn(img_f, txt_f, model.logit_scale, labels)
-                finite = torch.isfinite(loss.detach()).float()
-                if dist.world_size > 1:  # every rank must agree to skip, or DDP's all-reduce would hang
-                    torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
-                if finite.item() > 0:
-                    scaler.scale(loss / accum).backward()
-                    stats["loss_sum"] += float(loss.detach())
-                    stats["n_batches"] += 1
-                else:
-                    group_bad = True
+                # backward is queued before the one host sync of the step (the finiteness check); a non-finite
+                # loss gives non-finite gradients, which are discarded with the whole accumulation group
+                scaler.scale(loss / accum).backward()
+            loss_value = float(loss.detach())
+            finite = math.isfinite(loss_value)
+            if dist.world_size > 1:  # every rank must agree to skip, or ranks' weights would drift apart
+                flag = torch.tensor([float(finite)], device=device)
+                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+                finite = bool(flag.item() > 0)
+            if finite:
+                stats["loss_sum"] += loss_value
+                stats["n_batches"] += 1
+            else:
+                group_bad = True
             stats["images"] += images.shape[0] * dist.world_size
             if last_of_group:
                 if group_bad:
@@ -662,9 +689,9 @@ def _train(config: TrainConfig, dataset_dir: Path, run_dir: Path, dist: DistInfo
                 step += 1
                 bar.update(1)
                 if dist.is_main:
-                    bar.set_postfix(loss=f"{float(loss.detach()):.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+                    bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", refresh=False)
                 if config.log_every_steps and step % config.log_every_steps == 0:
-                    history.append({"kind": "step", "epoch": epoch, "step": step, "train_loss": float(loss.detach()),
+                    history.append({"kind": "step", "epoch": epoch, "step": step, "train_loss": loss_value,
                                     "lr": scheduler.get_last_lr()[0]})
                     if dist.is_main:
                         _write_logs(run_dir, history)
@@ -700,6 +727,7 @@ def _train(config: TrainConfig, dataset_dir: Path, run_dir: Path, dist: DistInfo
                 bar.write(f"epoch {epoch + 1}/{config.epochs}: {msg}")
             save_checkpoint(None)
     bar.close()
+    del loader  # stops the persistent workers now rather than at garbage collection
     if step >= total_steps and dist.is_main:
         model.eval()
         model.save(run_dir / "model")
@@ -742,7 +770,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     a("--grad-accum-steps", type=int)
     a("--precision", choices=PRECISIONS)
     a("--compile", action="store_true", default=None, help="torch.compile the model")
-    a("--channels-last", action="store_true", default=None)
+    a("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+      help="NHWC memory format for the model and its inputs (default on)")
     a("--freeze-image", action="store_true", default=None)
     a("--freeze-text", action="store_true", default=None)
     a("--no-augment", dest="augment", action="store_false", default=None)
@@ -796,4 +825,4 @@ def _cli(args: argparse.Namespace) -> int:
 
 
 __all__ = ["TrainConfig", "train", "build_model", "build_datasets", "configure_parser", "config_from_args", "zero_shot_validation",
-           "EpochSeededItems", "SkipSampler", "lr_lambda", "init_distributed", "dist_env"]
+           "EpochSeededItems", "EpochKeySampler", "lr_lambda", "init_distributed", "dist_env"]

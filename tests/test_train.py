@@ -118,10 +118,12 @@ def test_resume_equals_uninterrupted(dataset, tmp_path):
 
 
 def test_loader_workers_and_precision_paths(dataset, tmp_path):
-    """Item order and augmentation do not depend on the number of loader workers; bf16 autocast runs on CPU."""
+    """Item order and augmentation do not depend on the number of loader workers, also across an epoch boundary
+    (persistent workers get the epoch with each item key); bf16 autocast runs on CPU."""
     torch.set_num_threads(1)
-    w0 = train(_cfg(dataset, tmp_path / "w0", max_steps=2, grad_accum_steps=2))
-    w2 = train(_cfg(dataset, tmp_path / "w2", max_steps=2, grad_accum_steps=2, num_workers=2))
+    # 4 micro-batches per epoch, 2 per step: step 3 is in the second epoch
+    w0 = train(_cfg(dataset, tmp_path / "w0", max_steps=3, grad_accum_steps=2))
+    w2 = train(_cfg(dataset, tmp_path / "w2", max_steps=3, grad_accum_steps=2, num_workers=2))
     a = torch.load(w0 / "checkpoint-last.pt", weights_only=False)["model"]
     b = torch.load(w2 / "checkpoint-last.pt", weights_only=False)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -131,6 +133,30 @@ def test_loader_workers_and_precision_paths(dataset, tmp_path):
     assert all(torch.isfinite(v).all() for v in c.values())
     with pytest.raises(ValueError, match="fp16"):
         train(_cfg(dataset, tmp_path / "fp16", precision="fp16"))
+
+
+def test_epoch_keys_reseed_augmentation(dataset):
+    """An item's augmentation is a function of (seed, epoch, index): the same key gives the same tensor, another
+    epoch another one; the key sampler reshuffles per epoch and skips the items already done."""
+    from cytoclip.data import ImageTextDataset
+    from cytoclip.models import create_model
+    from cytoclip.train import EpochKeySampler, EpochSeededItems
+
+    model = create_model("tiny", image_size=64, seed=0)
+    items = EpochSeededItems(ImageTextDataset(dataset, split="train", transform=model.train_transform), seed=0)
+    assert torch.equal(items[(1, 3)][0], items[(1, 3)][0])
+    assert not torch.equal(items[(0, 3)][0], items[(1, 3)][0])
+    items.epoch = 1
+    assert torch.equal(items[3][0], items[(1, 3)][0])
+    keys = EpochKeySampler(torch.utils.data.DistributedSampler(items, num_replicas=1, rank=0, seed=0))
+    keys.set_epoch(0)
+    e0 = list(keys)
+    keys.set_epoch(1)
+    e1 = list(keys)
+    assert {k[0] for k in e0} == {0} and {k[0] for k in e1} == {1}
+    assert sorted(i for _, i in e0) == sorted(i for _, i in e1) and e0 != e1
+    keys.set_epoch(1, skip=5)
+    assert list(keys) == e1[5:] and len(keys) == len(e1) - 5
 
 
 def test_resume_true_without_checkpoint_fails(dataset, tmp_path):

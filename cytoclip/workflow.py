@@ -373,18 +373,19 @@ def classification_summary(y_true: Any, y_pred: Any, seed: int = 0, n_boot: int 
 
     ``labels`` fixes the scored classes (default: the union of true and predicted labels).
     """
-    from sklearn.metrics import precision_recall_fscore_support
-
-    from cytoclip.metrics import bootstrap_ci, classification_report
+    from cytoclip.metrics import bootstrap_ci, classification_report, prf_resampled
 
     yt, yp = np.asarray(y_true, dtype=object), np.asarray(y_pred, dtype=object)
     rep = classification_report(yt, yp, labels=labels)
+    # integer codes over the union of labels: the resampled P/R/F1 are then counted, not recomputed per resample
+    classes, codes = np.unique(np.concatenate([yt, yp]).astype(str), return_inverse=True)
+    ct, cp = codes[:len(yt)], codes[len(yt):]
     cis: dict[str, dict] = {}
     for avg in ("weighted", "macro"):
         for i, m in enumerate(("precision", "recall", "f1")):
-            def stat(idx: np.ndarray, avg=avg, i=i) -> float:
-                return float(precision_recall_fscore_support(yt[idx], yp[idx], average=avg, zero_division=0)[i])
-            cis[f"{m}_{avg}"] = bootstrap_ci(stat, n=n_boot, seed=seed, n_items=len(yt))
+            def stat(idx: np.ndarray, avg=avg, i=i) -> np.ndarray:
+                return prf_resampled(ct, cp, idx, len(classes), average=avg)[:, i]
+            cis[f"{m}_{avg}"] = bootstrap_ci(stat, n=n_boot, seed=seed, n_items=len(yt), vectorized=True)
     cis["accuracy"] = bootstrap_ci((yt == yp).astype(float), n=n_boot, seed=seed)
     out = {k: v for k, v in rep.items() if k != "per_class"}
     out["ci"] = cis

@@ -221,3 +221,35 @@ def test_errors_by_adjacency_and_confused_pairs():
     assert cp.iloc[0].tolist() == ["H", "S", 2, pytest.approx(2 / 3)]
     assert len(cp) == 2 and cp.iloc[1]["count"] == 1
     assert isinstance(M.confused_pairs(["a"], ["a"]), pd.DataFrame) and M.confused_pairs(["a"], ["a"]).empty
+
+
+def test_prf_resampled_matches_sklearn_per_resample():
+    """The vectorised resampled P/R/F1 equal sklearn's on each resample, weighted and macro (absent classes,
+    classes only predicted, and zero divisions included)."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 7, 80)
+    p = np.where(rng.random(80) < 0.6, y, rng.integers(0, 9, 80))  # classes 7, 8 only ever predicted
+    idx = rng.integers(0, 80, size=(25, 80))
+    for avg in ("weighted", "macro"):
+        got = M.prf_resampled(y, p, idx, 9, average=avg)
+        want = np.array([precision_recall_fscore_support(y[r], p[r], average=avg, zero_division=0)[:3]
+                         for r in idx])
+        np.testing.assert_allclose(got, want, atol=1e-12)
+    with pytest.raises(ValueError, match="average"):
+        M.prf_resampled(y, p, idx, 9, average="micro")
+
+
+def test_vectorized_bootstrap_equals_loop():
+    """A vectorised statistic gives the same interval as the per-resample callable (same resamples)."""
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 5, 120)
+    p = np.where(rng.random(120) < 0.7, y, rng.integers(0, 5, 120))
+    loop = M.bootstrap_ci(lambda i: f1_score(y[i], p[i], average="weighted", zero_division=0), n=300, seed=3,
+                          n_items=120)
+    vec = M.bootstrap_ci(lambda i: M.prf_resampled(y, p, i, 5)[:, 2], n=300, seed=3, n_items=120, vectorized=True)
+    for k in ("estimate", "low", "high"):
+        assert vec[k] == pytest.approx(loop[k], abs=1e-12), k

@@ -500,7 +500,8 @@ def segmentation_scores(pred: np.ndarray, truth: np.ndarray, ignore_index: int =
 def data_source(dataset_dir: str | os.PathLike) -> str:
     """"synthetic" when the dataset comes from the synthetic atlas, "DHARANI" when from a real mirror, else
     "unknown" (no report naming an existing atlas). Evidence: ``report.json`` (``synthetic`` flag or the
-    ``atlas_root`` holding ``SYNTHETIC.md``) or a ``SYNTHETIC.md`` beside the dataset."""
+    ``atlas_root`` holding ``SYNTHETIC.md``) or a ``SYNTHETIC.md`` beside the dataset; a derived dataset
+    (``source.json`` naming its parent) takes its parent's answer."""
     d = Path(dataset_dir)
     if (d / "SYNTHETIC.md").exists():
         return "synthetic"
@@ -512,6 +513,9 @@ def data_source(dataset_dir: str | os.PathLike) -> str:
         return "synthetic" if (Path(root) / "SYNTHETIC.md").exists() else "DHARANI"
     if report.get("synthetic") is False:
         return "DHARANI"
+    parent = read_json(d / "source.json").get("parent") if (d / "source.json").exists() else None
+    if parent and Path(parent).resolve() != d.resolve() and Path(parent).is_dir():
+        return data_source(parent)  # a derived dataset (split, subset, multi-region) is what its parent is
     return "unknown"
 
 

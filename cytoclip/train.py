@@ -539,6 +539,11 @@ def _train(config: TrainConfig, dataset_dir: Path, run_dir: Path, dist: DistInfo
     steps_per_epoch = math.ceil(micro_per_epoch / accum)
     total_steps = steps_per_epoch * config.epochs
 
+    if config.warmup_steps >= total_steps:
+        warnings.warn(f"TrainConfig.warmup_steps={config.warmup_steps} is not below the run's {total_steps} optimizer "
+                      f"steps ({steps_per_epoch} per epoch): the learning rate never reaches TrainConfig.lr={config.lr}; "
+                      "shorten the warm-up or train longer")
+
     distance = None
     if config.targets == "ontology":
         distance = _ontology_distance(dataset_dir, class_names, config.ontology)
@@ -610,8 +615,9 @@ def _train(config: TrainConfig, dataset_dir: Path, run_dir: Path, dist: DistInfo
     # -- the loop ---------------------------------------------------------------------------------------------
     stop_at = total_steps if config.max_steps is None else min(total_steps, int(config.max_steps))
     consecutive_bad = 0
+    # only rank 0 shows a bar; not passing disable=False leaves TQDM_DISABLE (set by the study runner) in force
     bar = tqdm(total=stop_at, initial=min(step, stop_at), desc=f"training {run_dir.name}", unit="step",
-               disable=not dist.is_main)
+               **({} if dist.is_main else {"disable": True}))
     # one loader for the whole run: persistent workers are forked once, not at every epoch
     keys = EpochKeySampler(sampler)
     loader = torch.utils.data.DataLoader(

@@ -247,6 +247,12 @@ def test_data_source(tmp_path, dataset_dir):
     (tmp_path / "d" / "report.json").write_text(json.dumps({"atlas_root": str(real_atlas)}))
     assert E.data_source(tmp_path / "d") == "DHARANI"
     assert E.data_source(tmp_path) == "unknown"
+    # a derived dataset (split, subset) answers as its parent does
+    (tmp_path / "derived").mkdir()
+    (tmp_path / "derived" / "source.json").write_text(json.dumps({"parent": str(dataset_dir)}))
+    assert E.data_source(tmp_path / "derived") == "synthetic"
+    (tmp_path / "derived" / "source.json").write_text(json.dumps({"parent": str(tmp_path / "d")}))
+    assert E.data_source(tmp_path / "derived") == "DHARANI"
 
 
 class _TouchingAtlas:

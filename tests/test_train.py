@@ -329,3 +329,9 @@ def test_two_process_ddp_training_matches_one_process(dataset, tmp_path):
     assert cfg["resolved"]["world_size"] == 2
     for k, v in a["model"].items():
         assert torch.allclose(v, b["model"][k], atol=5e-5, rtol=1e-4), k
+
+
+def test_warmup_longer_than_run_warns(dataset, tmp_path):
+    """A warm-up that outlasts the run (the rate would never reach TrainConfig.lr) is reported."""
+    with pytest.warns(UserWarning, match="warmup_steps=100"):
+        train(_cfg(dataset, tmp_path / "w", warmup_steps=100, max_steps=1))

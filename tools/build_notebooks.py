@@ -660,8 +660,10 @@ for t in report.TABLES:
     sub = table[table["table"] == t]
     if len(sub):
         display(Markdown(f"**Table {t}: ours ({', '.join(data_labels)}) beside the paper (DHARANI)**"))
-        display(sub[["image_type", "model", "image_size", "label_type", "validation_data", "task", "metric", "ours",
-                     "ci_low", "ci_high", "ours_model", "paper", "verdict"]].round(3))'''),
+        cols = sub[["image_type", "model", "image_size", "label_type", "validation_data", "task", "metric", "ours",
+                    "ci_low", "ci_high", "ours_model", "paper", "verdict"]].dropna(axis=1, how="all")
+        # every row, no index, empty cells blank: the table is read, not scrolled
+        display(cols.style.hide(axis="index").format(precision=3, na_rep=""))'''),
     md("## What agrees and what does not"),
     code('''statements = report.summary_statements(table)
 display(Markdown("\\n".join(f"- {s}" for s in statements) or "No comparable numbers yet."))
@@ -670,7 +672,7 @@ for path in sorted(results_root.glob("*/results.json")):
     for row in read_json(path).get("not_run", []) or []:
         not_run.append({"experiment": path.parent.name, **row})
 display(Markdown("**Models not run** (weights absent), with the loader's reason:"))
-display(pd.DataFrame(not_run))'''),
+display(pd.DataFrame(not_run).style.hide(axis="index") if not_run else Markdown("none"))'''),
     code('''import matplotlib.pyplot as plt
 import numpy as np
 
@@ -716,6 +718,8 @@ def build() -> list[Path]:
         'split = "sections"  ', 'split = "cross_plane"')
     paths = []
     for name, nb in books.items():
+        for i, cell in enumerate(nb.cells):  # stable ids: a rebuild changes only what was edited
+            cell.id = f"{name}-{i:02d}"[:64]
         nbformat.validate(nb)
         path = NB_DIR / f"{name}.ipynb"
         nbformat.write(nb, path)

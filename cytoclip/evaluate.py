@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from cytoclip.progress import tqdm
 
 from cytoclip import metrics as M
 from cytoclip.io import atomic_path, fingerprint, read_json, write_json

@@ -45,7 +45,7 @@ from PIL import Image
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from shapely.geometry import Polygon, box as shapely_box
-from tqdm.auto import tqdm
+from cytoclip.progress import tqdm
 
 from cytoclip.io import atomic_path, fingerprint, read_json, write_json
 

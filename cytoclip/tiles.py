@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import shapely
 from PIL import Image
-from tqdm.auto import tqdm
+from cytoclip.progress import tqdm
 
 from cytoclip.io import atomic_path, read_json, write_json
 

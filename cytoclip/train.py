@@ -366,7 +366,7 @@ def zero_shot_validation(model: Any, dataset: torch.utils.data.Dataset, class_na
     """Zero-shot accuracy and weighted F1 of ``model`` on ``dataset`` with the class names as texts
     (``prompt`` formats each name; ``amp_dtype`` runs the encoders under autocast)."""
     from sklearn.metrics import f1_score
-    from tqdm.auto import tqdm
+    from cytoclip.progress import tqdm
 
     def amp():
         return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
@@ -502,7 +502,7 @@ def build_datasets(config: TrainConfig, model: Any) -> tuple[Any, Any, str]:
 
 
 def _train(config: TrainConfig, dataset_dir: Path, run_dir: Path, dist: DistInfo) -> Path:
-    from tqdm.auto import tqdm
+    from cytoclip.progress import tqdm
 
     device = resolve_device(config.device, dist.local_rank)
     if device.type == "cuda":

@@ -202,7 +202,7 @@ def generate(root: str | os.PathLike, profile: str = "smoke", seed: int = 0, wor
     ``overrides`` replace profile parameters (e.g. ``sections_per_specimen=3``, ``size_scale=0.5``).
     Sections already written completely are kept, so an interrupted run resumes.
     """
-    from tqdm.auto import tqdm
+    from cytoclip.progress import tqdm
 
     from cytoclip import layout
     from cytoclip.io import atomic_path, write_json

@@ -644,7 +644,7 @@ interval. The statements below are computed from the table, not written by hand.
     code('''from pathlib import Path
 
 import pandas as pd
-from IPython.display import Markdown, display
+from IPython.display import HTML, Markdown, display
 
 from cytoclip import plots, report
 from cytoclip.io import read_json
@@ -660,10 +660,18 @@ for t in report.TABLES:
     sub = table[table["table"] == t]
     if len(sub):
         display(Markdown(f"**Table {t}: ours ({', '.join(data_labels)}) beside the paper (DHARANI)**"))
-        cols = sub[["image_type", "model", "image_size", "label_type", "validation_data", "task", "metric", "ours",
-                    "ci_low", "ci_high", "ours_model", "paper", "verdict"]].dropna(axis=1, how="all")
-        # every row, no index, empty cells blank: the table is read, not scrolled
-        display(cols.style.hide(axis="index").format(precision=3, na_rep=""))'''),
+        # narrow enough to read without scrolling: ours with its interval in one cell, every row, no index;
+        # what ran for "ours" (long text) is listed under the table
+        view = sub.assign(ours_95ci=[f"{o:.3f} [{lo:.3f}, {hi:.3f}]" if pd.notna(o) else ""
+                                     for o, lo, hi in zip(sub["ours"], sub["ci_low"], sub["ci_high"])],
+                          paper=sub["paper"].round(3))
+        # Table III's rows differ by what was trained and validated on; elsewhere those columns are constant
+        data_cols = ["training_data", "validation_data"] if t == "III" else []
+        view = view[["image_type", "model", "image_size", "label_type", *data_cols, "task", "metric", "ours_95ci",
+                     "paper", "verdict"]].fillna("")
+        view = view.loc[:, [(view[c].astype(str) != "").any() for c in view.columns]]  # no all-empty columns
+        display(HTML(view.to_html(index=False)))
+        display(Markdown("Ours: " + "; ".join(sorted(set(sub["ours_model"].dropna().astype(str)))) + "."))'''),
     md("## What agrees and what does not"),
     code('''statements = report.summary_statements(table)
 display(Markdown("\\n".join(f"- {s}" for s in statements) or "No comparable numbers yet."))
@@ -672,7 +680,7 @@ for path in sorted(results_root.glob("*/results.json")):
     for row in read_json(path).get("not_run", []) or []:
         not_run.append({"experiment": path.parent.name, **row})
 display(Markdown("**Models not run** (weights absent), with the loader's reason:"))
-display(pd.DataFrame(not_run).style.hide(axis="index") if not_run else Markdown("none"))'''),
+display(HTML(pd.DataFrame(not_run).to_html(index=False)) if not_run else Markdown("none"))'''),
     code('''import matplotlib.pyplot as plt
 import numpy as np
 

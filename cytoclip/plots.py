@@ -33,6 +33,7 @@ __all__ = [
     "load_paper_tables",
     "paper_comparison_table",
     "save_figure",
+    "show",
 ]
 
 SYNTHETIC_SUFFIX = "(synthetic atlas)"
@@ -53,6 +54,22 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
     return path
+
+
+def show(fig: Figure) -> None:
+    """Show ``fig`` in a notebook, once. The figure functions here build pyplot-free ``Figure`` objects (no global
+    state, nothing left open), which ``plt.show()`` does not know about: those go through IPython's ``display``;
+    a figure made with ``plt.subplots`` goes through ``plt.show()`` (displaying it as well would show it twice)."""
+    import matplotlib.pyplot as plt
+
+    if getattr(fig.canvas, "manager", None) is not None:
+        plt.show()
+        return
+    try:
+        from IPython.display import display
+    except ImportError:  # outside IPython there is nothing to show it in; save_figure has written the file
+        return
+    display(fig)
 
 
 # ---------------------------------------------------------------------------------------------- classification

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -94,6 +95,14 @@ def test_whole_study_smoke_and_book(tmp_path: Path):
         res = tmp_path / "book" / "results" / exp
         assert (res / "results.json").is_file() and (res / "headline.csv").is_file(), exp
         assert (tmp_path / "book" / "experiments" / f"{exp}.ipynb").is_file()
+    # every figure a page saves is also shown on it, and no progress bars or widgets leak into the pages
+    for exp in config["experiments"]:
+        nb = json.loads((tmp_path / "book" / "experiments" / f"{exp}.ipynb").read_text())
+        outputs = [o for c in nb["cells"] for o in c.get("outputs", [])]
+        n_png = sum("image/png" in o.get("data", {}) for o in outputs)
+        n_saved = len(list((tmp_path / "book" / "results" / exp).glob("*.png")))
+        assert n_png >= n_saved, f"{exp}: {n_saved} figures saved, {n_png} shown"
+        assert not any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs), exp
     from cytoclip import report
 
     ours = report.collect_headlines(tmp_path / "book" / "results")

@@ -168,7 +168,7 @@ w0, h0 = section.size()
 close = section.read_region(w0 // 2 - 256, h0 // 2 - 256, 512, 512, coords="level0")
 axes[1].imshow(close); axes[1].set_title(plots.titled(f"Close-up at {section.mpp0:g} µm/px", SYN))
 for ax in axes: ax.axis("off")
-plots.save_figure(fig, out / "section.png"); plt.show()'''),
+plots.save_figure(fig, out / "section.png"); plots.show(fig)'''),
     md("## The ontology and the low-resolution merge table (paper III-B)"),
     code('''from cytoclip.ontology import load_merge_spec, merge_table
 
@@ -191,7 +191,7 @@ for r, lab in enumerate(some):
             ax.imshow(plt.imread(regions_dir / rows.iloc[0]["path"]))
         ax.set_title(f"{lab[:22]}\\n{t}", fontsize=8)
 fig.suptitle(plots.titled("Image types of the whole-region dataset", SYN))
-plots.save_figure(fig, out / "image_types.png"); plt.show()'''),
+plots.save_figure(fig, out / "image_types.png"); plots.show(fig)'''),
     md("## The tile grid (2 µm/px, 224 px) over the example section"),
     code('''import matplotlib.patches as mpatches
 
@@ -204,7 +204,7 @@ for t in sel.itertuples():
     ax.add_patch(mpatches.Rectangle((t.x0 * f, t.y0 * f), (t.x1 - t.x0) * f, (t.y1 - t.y0) * f, fill=False, lw=0.5,
                                     ec=atlas.ontology.color(int(t.label_id)) if t.label_id >= 0 else "k"))
 ax.set_title(plots.titled(f"{len(sel)} prepared tiles of this section (coloured by label)", SYN)); ax.axis("off")
-plots.save_figure(fig, out / "tile_grid.png"); plt.show()'''),
+plots.save_figure(fig, out / "tile_grid.png"); plots.show(fig)'''),
     md("""
 ## Dataset sizes beside the paper's
 
@@ -231,7 +231,7 @@ fig, ax = plt.subplots(figsize=(9, 3.5))
 reg_one["label"].value_counts().plot.bar(ax=ax, color="#4a7ab5"); ax.set_xticklabels([])
 ax.set_ylabel("images"); ax.set_xlabel("region (sorted by count)")
 ax.set_title(plots.titled("Images per region (SquareBBox 224)", SYN))
-plots.save_figure(fig, out / "label_counts.png"); plt.show()
+plots.save_figure(fig, out / "label_counts.png"); plots.show(fig)
 results["sizes"] = ours_sizes; results["splits"] = splits'''),
     md("## The prepare reports: what each rule removed"),
     code('''from cytoclip.io import read_json
@@ -338,7 +338,7 @@ if wf.training_log(run_dir).empty:
     display(Markdown("This run has no training log."))
 else:
     fig = plots.training_curves_figure(run_dir, synthetic=SYN, title=f"Training curves: {experiment}")
-    plots.save_figure(fig, out / "training_curves.png"); plt.show()'''),
+    plots.save_figure(fig, out / "training_curves.png"); plots.show(fig)'''),
     md("## Validation: zero-shot classification with the region names"),
     code('''zs, summary = classify(run_dir, eval_dir, image_type)
 label_type = "multi" if multi_region else "single"
@@ -357,12 +357,12 @@ headline += report.classification_rows(key, summary, ours_model=f"{OURS}, {image
 results["validation"] = {k: v for k, v in summary.items() if k != "per_class"}
 results["per_class"] = summary["per_class"]'''),
     code('''fig = plots.confusion_matrix_figure(zs["y_true"], zs["y_pred"], synthetic=SYN, title=f"Confusion matrix: {experiment}")
-plots.save_figure(fig, out / "confusion_matrix.png"); plt.show()
+plots.save_figure(fig, out / "confusion_matrix.png"); plots.show(fig)
 fig = plots.per_region_f1_figure(summary["per_class"], synthetic=SYN, title=f"Per-region F1: {experiment}", top=40)
-plots.save_figure(fig, out / "per_region_f1.png"); plt.show()
+plots.save_figure(fig, out / "per_region_f1.png"); plots.show(fig)
 fig = plots.embedding_figure(zs["image_embeddings"], {"region": zs["y_true"]}, synthetic=SYN, seed=seed,
                              method=embedding_method, title=f"Validation image embeddings: {experiment}")
-plots.save_figure(fig, out / "embeddings.png"); plt.show()'''),
+plots.save_figure(fig, out / "embeddings.png"); plots.show(fig)'''),
     md("""
 ## Error analysis
 
@@ -418,7 +418,7 @@ ax.bar(x - 0.2, f1["ours"], 0.4, yerr=[f1["ours"] - f1["ci_low"], f1["ci_high"] 
 ax.bar(x + 0.2, f1["paper"], 0.4, label="paper (DHARANI)")
 ax.set_xticks(x, f1["image_type"]); ax.set_ylabel("weighted F1"); ax.legend()
 ax.set_title(plots.titled("Image types (Table II)", SYN))
-plots.save_figure(fig, out / "image_types_f1.png"); plt.show()'''),
+plots.save_figure(fig, out / "image_types_f1.png"); plots.show(fig)'''),
     code(FINISH),
 ]
 
@@ -545,7 +545,7 @@ if example is not None:
     fig = plots.retrieval_examples_figure(r["paths"], r["labels"], r["paths"], r["labels"], r["similarity"],
                                           exclude_self=True, synthetic=SYN, seed=seed,
                                           title=f"Image-to-image retrieval, {name}, {set_name}")
-    plots.save_figure(fig, out / "retrieval_examples.png"); plt.show()'''),
+    plots.save_figure(fig, out / "retrieval_examples.png"); plots.show(fig)'''),
     code(FINISH),
 ]
 
@@ -592,7 +592,7 @@ fig, ax = plt.subplots(figsize=(6, 4.5)); ax.imshow(thumb); ax.axis("off")
 f = section.mpp0 / thumb_mpp
 ax.plot(*np.asarray(area.exterior.coords).T * f, color="red", lw=1.5)
 ax.set_title(plots.titled(f"Drawn area: {ranking.iloc[0]['label']} ({ranking.iloc[0]['score']:.2f})", SYN))
-plots.save_figure(fig, out / "drawn_area.png"); plt.show()
+plots.save_figure(fig, out / "drawn_area.png"); plots.show(fig)
 results["drawn_area"] = {"specimen": spec_id, "section": sec_id, "annotated": atlas.ontology.name(oid),
                          "ranking": ranking}'''),
     code('''from cytoclip.tiles import leaf_label_map
@@ -626,7 +626,7 @@ per_region = pd.DataFrame(sorted(scores["iou"].items(), key=lambda kv: -np.nan_t
 display(per_region.head(20).round(3))
 fig = plots.segmentation_overlay_figure(thumb, seg["labels"], tile_classes, colors, synthetic=SYN,
                                         title=f"Coarse segmentation, specimen {spec_id} section {sec_id}")
-plots.save_figure(fig, out / "segmentation.png"); plt.show()
+plots.save_figure(fig, out / "segmentation.png"); plots.show(fig)
 results["segmentation"] = {**scores, "n_predicted": n_predicted}'''),
     code(FINISH),
 ]
@@ -692,7 +692,7 @@ for t, sub in both.groupby("table"):
 ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
 ax.set_xlabel("paper (DHARANI)"); ax.set_ylabel(f"ours ({', '.join(data_labels)})"); ax.legend()
 ax.set_title(plots.titled("Ours against the paper, every headline number", "synthetic atlas" in data_labels))
-plots.save_figure(fig, out / "ours_vs_paper.png"); plt.show()
+plots.save_figure(fig, out / "ours_vs_paper.png"); plots.show(fig)
 paths = report.write_results(out, {"experiment": experiment, "profile": profile, "data": data_labels,
                                    "statements": statements, "table": table, "not_run": not_run},
                              ours.drop(columns="experiment"))

@@ -9,6 +9,7 @@ ends with "(synthetic atlas)", so a figure can never be mistaken for a result on
 from __future__ import annotations
 
 import json
+import io
 import os
 from collections.abc import Mapping, Sequence
 from importlib import resources
@@ -66,10 +67,13 @@ def show(fig: Figure) -> None:
         plt.show()
         return
     try:
-        from IPython.display import display
+        from IPython.display import Image, display
     except ImportError:  # outside IPython there is nothing to show it in; save_figure has written the file
         return
-    display(fig)
+    # as PNG bytes: IPython has no image formatter for a bare Figure unless pyplot's inline backend registered one
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    display(Image(data=buf.getvalue(), format="png"))
 
 
 # ---------------------------------------------------------------------------------------------- classification

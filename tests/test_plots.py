@@ -156,3 +156,16 @@ def test_save_figure_atomic(tmp_path, labels):
     out = P.save_figure(P.confusion_matrix_figure(*labels), tmp_path / "figs" / "cm.png")
     assert out.exists() and out.read_bytes()[:4] == b"\x89PNG"
     assert [p.name for p in out.parent.iterdir()] == ["cm.png"]
+
+
+def test_show_displays_pyplot_free_figure_as_png():
+    """plots.show puts a pyplot-free Figure on the page as PNG (IPython has no formatter for a bare Figure)."""
+    from unittest import mock
+
+    from matplotlib.figure import Figure
+
+    fig = Figure()
+    fig.add_subplot().plot([1, 2])
+    with mock.patch("IPython.display.display") as shown:
+        P.show(fig)
+    assert shown.call_count == 1 and shown.call_args[0][0].data[:4] == b"\x89PNG"

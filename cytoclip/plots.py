@@ -8,8 +8,8 @@ ends with "(synthetic atlas)", so a figure can never be mistaken for a result on
 
 from __future__ import annotations
 
-import json
 import io
+import json
 import os
 from collections.abc import Mapping, Sequence
 from importlib import resources

@@ -339,8 +339,7 @@ def _read_tiles_in_blocks(section, boxes: np.ndarray, tile: int, mpp: float, blo
     groups: dict[tuple[int, int], list[int]] = {}
     for k, (r, c) in enumerate(zip(rows.tolist(), cols.tolist())):
         groups.setdefault((r // block, c // block), []).append(k)
-    for (_, _), members in tqdm(sorted(groups.items()), desc="blocks", leave=False,
-                                    **({} if progress else {"disable": True})):
+    for (_, _), members in tqdm(sorted(groups.items()), desc="blocks", leave=False, enabled=progress):
         sel = boxes[members]
         bx0, by0 = int(sel[:, 0].min()), int(sel[:, 1].min())
         bx1, by1 = int(sel[:, 2].max()), int(sel[:, 3].max())

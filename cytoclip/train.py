@@ -615,9 +615,8 @@ def _train(config: TrainConfig, dataset_dir: Path, run_dir: Path, dist: DistInfo
     # -- the loop ---------------------------------------------------------------------------------------------
     stop_at = total_steps if config.max_steps is None else min(total_steps, int(config.max_steps))
     consecutive_bad = 0
-    # only rank 0 shows a bar; not passing disable=False leaves TQDM_DISABLE (set by the study runner) in force
     bar = tqdm(total=stop_at, initial=min(step, stop_at), desc=f"training {run_dir.name}", unit="step",
-               **({} if dist.is_main else {"disable": True}))
+               enabled=dist.is_main)
     # one loader for the whole run: persistent workers are forked once, not at every epoch
     keys = EpochKeySampler(sampler)
     loader = torch.utils.data.DataLoader(

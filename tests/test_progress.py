@@ -21,3 +21,14 @@ def test_tqdm_disable_is_honoured():
     assert _run("1") == "tqdm.std True"
     module, disabled = _run(None).split()
     assert module.startswith("tqdm") and disabled == "False"
+
+
+def test_enabled_false_hides_a_bar_and_env_is_read_per_call(monkeypatch):
+    from cytoclip.progress import tqdm
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    assert tqdm(total=1, enabled=False).disable
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    bar = tqdm(total=1)
+    assert type(bar).__module__ == "tqdm.std" and bar.disable
+

@@ -243,7 +243,7 @@ def generate(root: str | os.PathLike, profile: str = "smoke", seed: int = 0, wor
     n_workers = max(1, (os.cpu_count() or 1) if workers is None else int(workers))
     tasks = [{"item": it, "params": params, "seed": int(seed), "root": str(root)} for it in todo]
     bar = tqdm(total=len(plan), initial=len(plan) - len(todo), desc=f"synthetic atlas ({profile})",
-               unit="section", **({} if progress else {"disable": True}))
+               unit="section", enabled=progress)
     if n_workers == 1 or len(tasks) <= 1:
         for t in tasks:
             _write_section(t)

@@ -19,8 +19,6 @@ from sklearn import metrics as skm
 __all__ = [
     "classification_report",
     "multi_region_hits",
-    "multi_region_accuracy",
-    "multi_region_report",
     "recall_at_k",
     "recall_at_k_per_query",
     "bootstrap_ci",
@@ -34,7 +32,14 @@ __all__ = [
 
 
 def _as_1d(name: str, values: Any) -> np.ndarray:
-    arr = np.asarray(list(values) if not isinstance(values, (np.ndarray, pd.Series)) else values, dtype=object)
+    """Labels as a 1-D array of their own dtype (ints stay ints, strings stay strings): scikit-learn refuses
+    an object array of ints ("unknown is not supported"), so nothing is cast to object here."""
+    arr = np.asarray(values.to_numpy() if isinstance(values, pd.Series) else
+                     values if isinstance(values, np.ndarray) else list(values))
+    if arr.dtype == object:  # mixed or non-scalar labels: keep them as they are, but sklearn needs one kind
+        kinds = {type(x) for x in arr.tolist()}
+        if len(kinds) > 1 and not kinds <= {int, np.int64, np.int32}:
+            arr = arr.astype(str)
     if arr.ndim != 1:
         raise ValueError(f"{name}: expected a 1-D sequence of labels, got shape {arr.shape}")
     return arr
@@ -83,56 +88,22 @@ def _is_label_set(x: Any) -> bool:
     return isinstance(x, (list, tuple, set, frozenset, np.ndarray))
 
 
-def multi_region_hits(primary_true: Sequence, predicted: Sequence, multi_labels: Sequence | None = None) -> np.ndarray:
+def multi_region_hits(primary_true: Sequence, predicted_sets: Sequence) -> np.ndarray:
     """Per-image hit (bool array) under the paper's multi-region rule (Section IV-B, Table I "Multi" row).
 
-    A SquareBBox image also shows its neighbours; its *multi-region label* is the primary region plus every
-    neighbouring region of which more than 80 % lies inside the crop. The paper counts a prediction on such an
-    image as correct when the image's primary label appears among the predicted labels. Two input forms:
-
-    * ``predicted`` holds a *set of labels per image* (e.g. the regions named by a multi-region prediction, or a
-      top-k list): hit = ``primary_true[i] in predicted[i]`` (the paper's wording, literally);
-    * ``predicted`` holds *one label per image* and ``multi_labels`` the image's multi-region label set:
-      hit = ``predicted[i] in multi_labels[i]``, i.e. naming any region that the image legitimately shows
-      (the primary or an >80 % neighbour) is not an error. ``multi_labels[i]`` always contains the primary;
-      if it does not (bad manifest), the primary is added so a correct single-label answer is never a miss.
+    A multi-region model names each SquareBBox image with a multi-region label: its primary region plus every
+    neighbouring region of which more than 80 % lies inside the crop. "We then checked whether the primary label
+    appeared among the predicted labels": hit = ``primary_true[i] in predicted_sets[i]``, where
+    ``predicted_sets[i]`` are the regions of the label predicted for image ``i``.
     """
-    primary = _as_1d("primary_true", primary_true)
-    _check_same_length(primary_true=primary, predicted=predicted)
-    hits = np.zeros(len(primary), dtype=bool)
-    for i, (t, p) in enumerate(zip(primary, predicted)):
-        if _is_label_set(p):
-            hits[i] = t in set(np.asarray(p, dtype=object).tolist())
-        else:
-            if multi_labels is None:
-                raise ValueError("multi_labels: required when `predicted` holds one label per image")
-            allowed = multi_labels[i]
-            if not _is_label_set(allowed):
-                raise ValueError(f"multi_labels[{i}]: expected a list of labels, got {type(allowed).__name__}")
-            hits[i] = p == t or p in set(np.asarray(allowed, dtype=object).tolist())
-    return hits
-
-
-def multi_region_report(primary_true: Sequence, predicted: Sequence, multi_labels: Sequence | None = None,
-                        labels: Sequence | None = None) -> dict:
-    """:func:`classification_report` under the multi-region rule (the paper's Table I "Multi" row).
-
-    An image that is a hit under :func:`multi_region_hits` is scored as if the primary label had been predicted;
-    a miss keeps its (single) prediction, or for set predictions the first label of the set (the top-ranked one).
-    The dict also carries ``hits`` (bool array) and ``accuracy`` equals the multi-region hit rate.
-    """
-    primary = _as_1d("primary_true", primary_true)
-    hits = multi_region_hits(primary, predicted, multi_labels)
-    eff = np.array([t if h else (list(p)[0] if _is_label_set(p) and len(p) else p)
-                    for t, p, h in zip(primary, predicted, hits)], dtype=object)
-    rep = classification_report(primary, eff, labels=labels)
-    rep["hits"] = hits
-    return rep
-
-
-def multi_region_accuracy(primary_true: Sequence, predicted: Sequence, multi_labels: Sequence | None = None) -> float:
-    """Fraction of images that are hits under the paper's multi-region rule (see :func:`multi_region_hits`)."""
-    return float(multi_region_hits(primary_true, predicted, multi_labels).mean())
+    primary = list(primary_true)
+    sets = list(predicted_sets)
+    _check_same_length(primary_true=primary, predicted_sets=sets)
+    for i, p in enumerate(sets):
+        if not _is_label_set(p):
+            raise ValueError(f"predicted_sets[{i}]: expected the list of regions of the predicted label, "
+                             f"got {type(p).__name__}")
+    return np.array([t in set(np.asarray(p, dtype=object).tolist()) for t, p in zip(primary, sets)], dtype=bool)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ import io
 import json
 import os
 from collections.abc import Mapping, Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +30,17 @@ __all__ = [
     "retrieval_examples_figure",
     "training_curves_figure",
     "segmentation_overlay_figure",
-    "load_paper_tables",
-    "paper_comparison_table",
+    "section_figure",
+    "image_grid_figure",
+    "boxes_figure",
+    "label_counts_figure",
+    "beside_paper_figure",
+    "ours_vs_paper_figure",
     "save_figure",
     "show",
 ]
 
 SYNTHETIC_SUFFIX = "(synthetic atlas)"
-OURS_SYNTHETIC = "synthetic atlas"
-PAPER_SOURCE = "paper (DHARANI)"
 
 
 def titled(title: str, synthetic: bool) -> str:
@@ -342,71 +343,122 @@ def segmentation_overlay_figure(image: np.ndarray, label_raster: np.ndarray, cla
     return fig
 
 
-# ----------------------------------------------------------------------------------------------- paper tables
-def load_paper_tables(path: str | os.PathLike | None = None) -> pd.DataFrame:
-    """The paper's Tables I-IV in long form (``cytoclip/resources/paper_tables.csv`` by default).
-
-    Columns: ``table, image_type, model, image_size, labels, label_type, training_data, validation_data, task,
-    metric, value``; all are strings except ``value`` (float).
-    """
-    if path is None:
-        with resources.as_file(resources.files("cytoclip") / "resources" / "paper_tables.csv") as p:
-            df = pd.read_csv(p, dtype=str, keep_default_na=False)
-        path = "cytoclip/resources/paper_tables.csv"
-    else:
-        if not Path(path).exists():
-            raise FileNotFoundError(f"{path}: paper tables CSV not found")
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    for col in ("table", "model", "metric", "value"):
-        if col not in df.columns:
-            raise ValueError(f"{path}: missing column {col!r}")
-    try:
-        df["value"] = df["value"].astype(float)
-    except ValueError as exc:
-        raise ValueError(f"{path}: column 'value' must be numeric ({exc})") from None
-    return df
+# ----------------------------------------------------------------------------------------------- atlas and data
+def _outline(ax: Any, geom: Any, color: str, scale: float = 1.0, lw: float = 0.6) -> None:
+    for poly in getattr(geom, "geoms", [geom]):
+        if hasattr(poly, "exterior"):
+            xy = np.asarray(poly.exterior.coords) * scale
+            ax.plot(xy[:, 0], xy[:, 1], lw=lw, color=color)
 
 
-def paper_comparison_table(ours: pd.DataFrame, paper_csv: str | os.PathLike | None = None,
-                           ours_source: str = OURS_SYNTHETIC, model_map: Mapping[str, str] | None = None,
-                           tables: Sequence[str] | None = None) -> pd.DataFrame:
-    """Our numbers beside the paper's, one row per (table, image type, model, task, metric).
+def section_figure(thumbnail: np.ndarray, outlines: Mapping[Any, Any] | None = None,
+                   colors: Mapping[Any, str] | None = None, close_up: np.ndarray | None = None,
+                   title: str = "Section", close_up_title: str = "Close-up", synthetic: bool = False) -> Figure:
+    """A section thumbnail with annotation outlines (``outlines``: id -> shapely geometry in thumbnail pixels,
+    ``colors``: id -> "#rrggbb"), and optionally a full-resolution close-up beside it."""
+    n = 2 if close_up is not None else 1
+    fig = Figure(figsize=(6 * n, 5))
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    axes[0].imshow(thumbnail)
+    for key, geom in (outlines or {}).items():
+        _outline(axes[0], geom, (colors or {}).get(key, "k"))
+    axes[0].set_title(titled(title, synthetic))
+    if close_up is not None:
+        axes[1].imshow(close_up)
+        axes[1].set_title(titled(close_up_title, synthetic))
+    for ax in axes:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
 
-    ``ours`` is long-form with columns ``table, metric, value`` and any of ``image_type, model, label_type, task``
-    (others are ignored), e.g. :func:`cytoclip.evaluate.results_table`; add ``image_size`` ("224"/"336") to pick
-    one of the paper's two CytoCLIP (CLIP) rows, otherwise our number sits beside both. ``model_map`` renames our models to the paper row they stand in for (e.g.
-    ``{"tiny": "CytoCLIP (BiomedCLIP)"}``). Keys missing from ``ours`` match any paper row of that table.
 
-    The result keeps the two sources in separate columns, never mixed: ``ours`` with ``ours_data`` (e.g.
-    "synthetic atlas") and ``paper`` with ``paper_data`` = "paper (DHARANI)"; a side without a number is NaN.
-    Only the paper rows of the tables present in ``ours`` (or ``tables``) are included.
-    """
-    need = {"table", "metric", "value"} - set(ours.columns)
-    if need:
-        raise ValueError(f"ours: missing columns {sorted(need)}; expected long form table/metric/value")
-    paper = load_paper_tables(paper_csv)
-    o = ours.copy()
-    o["table"] = o["table"].astype(str)
-    if model_map and "model" in o.columns:
-        o["model"] = o["model"].map(lambda m: model_map.get(m, m))
-    keys = ["table"] + [c for c in ("image_type", "model", "label_type", "image_size", "task")
-                        if c in o.columns] + ["metric"]
-    for c in keys:
-        o[c] = o[c].fillna("").astype(str)
-    wanted = list(tables) if tables is not None else sorted(o["table"].unique())
-    p = paper[paper["table"].isin(wanted)]
-    # several paper rows can share the key when ours omits a column (e.g. model): keep each of them
-    merged = pd.merge(o[keys + ["value"]].rename(columns={"value": "ours"}),
-                      p[[c for c in p.columns if c in keys or c in ("model", "image_type", "label_type", "task",
-                                                                      "image_size", "value")]]
-                      .rename(columns={"value": "paper"}),
-                      on=keys, how="outer", suffixes=("", "_paper"))
-    merged["ours_data"] = np.where(merged["ours"].notna(), ours_source, "")
-    merged["paper_data"] = np.where(merged["paper"].notna(), PAPER_SOURCE, "")
-    order = {t: i for i, t in enumerate(["I", "II", "III", "IV"])}
-    merged = merged.sort_values(keys, key=lambda s: s.map(order).fillna(99) if s.name == "table" else s,
-                                kind="stable").reset_index(drop=True)
-    extra = [c for c in ("image_type", "model", "label_type", "image_size", "task")
-             if c in merged.columns and c not in keys]
-    front = keys[:-1] + extra + keys[-1:]
-    return merged[front + ["ours", "ours_data", "paper", "paper_data"]]
+def image_grid_figure(images: Sequence[Sequence[Any]], row_labels: Sequence[str], col_labels: Sequence[str],
+                      title: str = "", synthetic: bool = False, size: float = 2.6) -> Figure:
+    """A grid of images (paths or arrays; None leaves a cell empty), e.g. the image types of a few regions."""
+    nr, nc = len(images), max((len(r) for r in images), default=1)
+    fig = Figure(figsize=(size * nc, size * nr))
+    axes = fig.subplots(nr, nc, squeeze=False)
+    for r, row in enumerate(images):
+        for c in range(nc):
+            ax = axes[r][c]
+            ax.axis("off")
+            img = row[c] if c < len(row) else None
+            if img is not None:
+                ax.imshow(_load_image(img))
+            ax.set_title(f"{str(row_labels[r])[:24]}\n{col_labels[c]}", fontsize=8)
+    fig.suptitle(titled(title, synthetic))
+    fig.tight_layout()
+    return fig
+
+
+def boxes_figure(image: np.ndarray, boxes: Sequence[Sequence[float]], colors: Sequence[str] | None = None,
+                 polygons: Sequence[np.ndarray] = (), title: str = "", synthetic: bool = False) -> Figure:
+    """Boxes ``(x0, y0, x1, y1)`` (e.g. the tile grid) and polygons (``(n, 2)`` arrays, e.g. a drawn area) over
+    an image, all in the image's pixels."""
+    fig = Figure(figsize=(7, 5))
+    ax = fig.subplots()
+    ax.imshow(image)
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=0.5,
+                               ec=colors[i] if colors is not None else "k"))
+    for xy in polygons:
+        xy = np.asarray(xy)
+        ax.plot(xy[:, 0], xy[:, 1], color="red", lw=1.5)
+    ax.set_title(titled(title, synthetic))
+    ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def label_counts_figure(counts: pd.Series, title: str = "Images per region", synthetic: bool = False) -> Figure:
+    """Bar chart of images per label, sorted by count (label names are too many to print)."""
+    counts = counts.sort_values(ascending=False)
+    fig = Figure(figsize=(9, 3.5))
+    ax = fig.subplots()
+    ax.bar(np.arange(len(counts)), counts.to_numpy(), color="#4a7ab5")
+    ax.set_xticks([])
+    ax.set_xlabel(f"region ({len(counts)}, sorted by count)")
+    ax.set_ylabel("images")
+    ax.set_title(titled(title, synthetic))
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------------------- ours and the paper
+def beside_paper_figure(table: pd.DataFrame, category: str, metric: str = "f1_weighted", ours_label: str = "ours",
+                        title: str = "", synthetic: bool = False) -> Figure:
+    """Bars of ours (with its interval) beside the paper's number, one pair per ``category`` value, from a
+    :func:`cytoclip.report.beside_paper` table."""
+    sub = table[table["metric"] == metric].dropna(subset=["ours"])
+    fig = Figure(figsize=(6.5, 3.6))
+    ax = fig.subplots()
+    x = np.arange(len(sub))
+    err = [sub["ours"] - sub["ci_low"], sub["ci_high"] - sub["ours"]]
+    ax.bar(x - 0.2, sub["ours"], 0.4, yerr=err, label=ours_label, color="#4a7ab5")
+    ax.bar(x + 0.2, sub["paper"], 0.4, label="paper (DHARANI)", color="#b5804a")
+    ax.set_xticks(x, sub[category].tolist())
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.set_ylim(0, 1)
+    ax.legend()
+    ax.set_title(titled(title, synthetic))
+    fig.tight_layout()
+    return fig
+
+
+def ours_vs_paper_figure(table: pd.DataFrame, ours_label: str = "ours", title: str = "Ours against the paper",
+                         synthetic: bool = False) -> Figure:
+    """Every headline number: the paper's value (x) against ours with its interval (y), one colour per table."""
+    both = table.dropna(subset=["ours", "paper"])
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
+    for t, sub in both.groupby("table"):
+        ax.errorbar(sub["paper"], sub["ours"], yerr=[sub["ours"] - sub["ci_low"], sub["ci_high"] - sub["ours"]],
+                    fmt="o", ms=4, label=f"Table {t}")
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("paper (DHARANI)")
+    ax.set_ylabel(ours_label)
+    if len(both):
+        ax.legend()
+    ax.set_title(titled(title, synthetic))
+    fig.tight_layout()
+    return fig

@@ -23,7 +23,8 @@ from cytoclip.io import atomic_path, write_json
 KEY_COLUMNS = ["table", "image_type", "model", "image_size", "labels", "label_type", "training_data",
                "validation_data", "task", "metric"]
 #: every column of a headline.csv
-HEADLINE_COLUMNS = KEY_COLUMNS + ["value", "ci_low", "ci_high", "ours_model", "data"]
+HEADLINE_COLUMNS = KEY_COLUMNS + ["value", "ci_low", "ci_high", "seed_mean", "seed_std", "n_seeds", "ours_model",
+                                  "data", "departures"]
 DATA_VALUES = ("synthetic atlas", "DHARANI")
 TABLES = ("I", "II", "III", "IV")
 PAPER_DATA = "paper (DHARANI)"
@@ -37,10 +38,26 @@ class HeadlineError(ValueError):
 
 # ------------------------------------------------------------------------------------------------ paper rows
 def paper_tables(path: str | os.PathLike | None = None) -> pd.DataFrame:
-    """The paper's Tables I-IV in long form (columns :data:`KEY_COLUMNS` + ``value``), all keys as strings."""
-    from cytoclip.plots import load_paper_tables
+    """The paper's Tables I-IV in long form (``cytoclip/resources/paper_tables.csv`` by default): columns
+    :data:`KEY_COLUMNS` + ``value``; all keys are strings, ``value`` is a float."""
+    from importlib import resources
 
-    return load_paper_tables(path)
+    if path is None:
+        with resources.as_file(resources.files("cytoclip") / "resources" / "paper_tables.csv") as p:
+            df = pd.read_csv(p, dtype=str, keep_default_na=False)
+        path = "cytoclip/resources/paper_tables.csv"
+    else:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: paper tables CSV not found")
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [c for c in KEY_COLUMNS + ["value"] if c not in df.columns]
+    if missing:
+        raise HeadlineError(f"{path}: missing column(s) {missing}")
+    try:
+        df["value"] = df["value"].astype(float)
+    except ValueError as exc:
+        raise HeadlineError(f"{path}: column 'value' must be numeric ({exc})") from None
+    return df
 
 
 def paper_key(table: str, paper: pd.DataFrame | None = None, **filters: str) -> dict[str, str]:
@@ -78,10 +95,13 @@ def _fmt_key(value: Any) -> str:
 
 
 def headline_row(key: Mapping[str, Any], metric: str, value: float, ci: Mapping[str, float] | Sequence | None = None,
-                 ours_model: str = "", data: str = "synthetic atlas") -> dict[str, Any]:
+                 ours_model: str = "", data: str = "synthetic atlas", departures: str = "",
+                 seeds: Mapping[str, float] | None = None) -> dict[str, Any]:
     """One headline row: the paper key (``table`` ... ``task``), ``metric``, our ``value`` and its interval.
 
-    ``ci`` is a :func:`cytoclip.metrics.bootstrap_ci` dict (``low``/``high``) or a ``(low, high)`` pair.
+    ``ci`` is a :func:`cytoclip.metrics.bootstrap_ci` dict (``low``/``high``) or a ``(low, high)`` pair;
+    ``departures`` the experiment's departures from the paper's protocol
+    (:func:`cytoclip.protocol.departure_note`); ``seeds`` a ``{"mean", "std", "n"}`` over run seeds.
     """
     if "table" not in key or str(key["table"]) not in TABLES:
         raise HeadlineError(f"headline key: field 'table' must be one of {TABLES}, got {key.get('table')!r}")
@@ -96,18 +116,40 @@ def headline_row(key: Mapping[str, Any], metric: str, value: float, ci: Mapping[
         low, high = float(ci["low"]), float(ci["high"])
     else:
         low, high = (float(x) for x in ci)
-    row.update(ci_low=low, ci_high=high, ours_model=str(ours_model), data=data)
+    seeds = seeds or {}
+    row.update(ci_low=low, ci_high=high, seed_mean=float(seeds.get("mean", float("nan"))),
+               seed_std=float(seeds.get("std", float("nan"))), n_seeds=int(seeds.get("n", 1)),
+               ours_model=str(ours_model), data=data, departures=str(departures))
     return row
 
 
 def classification_rows(key: Mapping[str, Any], summary: Mapping[str, Any], ours_model: str, data: str,
-                        metrics: Iterable[str] = CLASSIFICATION_METRICS) -> list[dict[str, Any]]:
-    """Headline rows for the weighted P/R/F1 of a :func:`cytoclip.workflow.classification_summary` dict."""
+                        metrics: Iterable[str] = CLASSIFICATION_METRICS, departures: str = "",
+                        seeds: Mapping[str, Mapping[str, float]] | None = None) -> list[dict[str, Any]]:
+    """Headline rows for the weighted P/R/F1 of a classification summary (``results["classification"]`` of
+    :func:`cytoclip.evaluate.evaluate`); ``seeds``: metric -> mean/std/n over run seeds."""
     rows = []
     for m in metrics:
         if m not in summary:
             raise HeadlineError(f"classification summary: missing metric {m!r}; has {sorted(summary)}")
-        rows.append(headline_row(key, m, summary[m], summary.get("ci", {}).get(m), ours_model, data))
+        rows.append(headline_row(key, m, summary[m], summary.get("ci", {}).get(m), ours_model, data, departures,
+                                 (seeds or {}).get(m)))
+    return rows
+
+
+def retrieval_rows(key: Mapping[str, Any], retrieval: Mapping[str, Any], ours_model: str, data: str,
+                   departures: str = "") -> list[dict[str, Any]]:
+    """Headline rows (Table IV) for the paper's Recall@K of every task of ``results["retrieval"]``; tasks an
+    image-only model cannot do are left out."""
+    rows = []
+    for task in ("image_to_image", "text_to_image", "image_to_text"):
+        res = retrieval.get(task)
+        if not res:
+            continue
+        for k in retrieval.get("ks", (1, 5, 10)):
+            m = f"recall_at_{k}"
+            rows.append(headline_row({**key, "task": task.replace("_", "-")}, m, res[m], res.get("ci", {}).get(m),
+                                     ours_model, data, departures))
     return rows
 
 
@@ -120,9 +162,10 @@ def headline_frame(rows: Iterable[Mapping[str, Any]] | pd.DataFrame, source: str
     if missing:
         raise HeadlineError(f"{source}: missing column(s) {missing}; expected {HEADLINE_COLUMNS}")
     frame = frame[HEADLINE_COLUMNS].copy()
-    for c in KEY_COLUMNS + ["ours_model", "data"]:
+    for c in KEY_COLUMNS + ["ours_model", "data", "departures"]:
         frame[c] = frame[c].map(_fmt_key)
-    for c in ("value", "ci_low", "ci_high"):
+    frame["n_seeds"] = pd.to_numeric(frame["n_seeds"], errors="coerce").fillna(1).astype(int)
+    for c in ("value", "ci_low", "ci_high", "seed_mean", "seed_std"):
         frame[c] = pd.to_numeric(frame[c], errors="coerce").astype(float)
     bad_table = sorted(set(frame["table"]) - set(TABLES))
     if bad_table:
@@ -143,6 +186,30 @@ def write_results(output_dir: str | os.PathLike, results: Mapping[str, Any],
     with atomic_path(out / "headline.csv") as tmp:
         frame.to_csv(tmp, index=False)
     return out / "results.json", out / "headline.csv"
+
+
+def summary_frame(summary: Mapping[str, Any], over_seeds: Mapping[str, Mapping[str, float]] | None = None,
+                  metrics: Sequence[str] = ("precision_weighted", "recall_weighted", "f1_weighted",
+                                            "precision_macro", "recall_macro", "f1_macro", "accuracy", "hit_rate")
+                  ) -> pd.DataFrame:
+    """A classification summary as a small table: one row per metric with its 95 % interval and, over several
+    run seeds, mean ± std."""
+    rows = []
+    for m in metrics:
+        if m not in summary:
+            continue
+        ci = summary.get("ci", {}).get(m, {})
+        row = {"metric": m, "value": round(float(summary[m]), 3),
+               "95% interval": f"[{ci.get('low', float('nan')):.3f}, {ci.get('high', float('nan')):.3f}]"}
+        if over_seeds and m in over_seeds:
+            row["over seeds"] = f"{over_seeds[m]['mean']:.3f} ± {over_seeds[m]['std']:.3f} (n={over_seeds[m]['n']})"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def records_frame(records: Sequence[Mapping[str, Any]] | None) -> pd.DataFrame:
+    """A list of records (as stored in ``results.json``) as a DataFrame."""
+    return pd.DataFrame(list(records or []))
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -217,8 +284,46 @@ def beside_paper(ours: pd.DataFrame, paper: pd.DataFrame | None = None, all_pape
     merged["_t"] = merged["table"].map(order).fillna(99)
     merged = merged.sort_values(["_t", "image_type", "model", "task", "metric"], kind="stable").drop(columns="_t")
     front = [c for c in ["experiment"] if c in merged.columns]
-    cols = front + KEY_COLUMNS + ["ours", "ci_low", "ci_high", "ours_model", "data", "paper", "paper_data"]
+    cols = front + KEY_COLUMNS + ["ours", "ci_low", "ci_high", "seed_mean", "seed_std", "n_seeds", "ours_model",
+                                  "data", "departures", "paper", "paper_data"]
     return merged[[c for c in cols if c in merged.columns]].reset_index(drop=True)
+
+
+def paper_layout(table: pd.DataFrame, which: str) -> pd.DataFrame:
+    """One paper table laid out as the paper lays it out: one row per model (and task for Table IV), one column
+    per metric with ours "0.842 [0.80, 0.88]" (± std over seeds when several) beside the paper's value.
+
+    ``table`` is a :func:`beside_paper` table (rows of any tables; only ``which`` is kept).
+    """
+    sub = table[table["table"] == which].copy()
+    if sub.empty:
+        return pd.DataFrame()
+
+    def cell(row: pd.Series) -> str:
+        if pd.isna(row["ours"]):
+            return ""
+        text = f"{row['ours']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+        if int(row.get("n_seeds", 1) or 1) > 1 and pd.notna(row.get("seed_std")):
+            text += f" ({row['seed_mean']:.3f} ± {row['seed_std']:.3f}, {int(row['n_seeds'])} seeds)"
+        return text
+
+    sub["ours_cell"] = sub.apply(cell, axis=1)
+    rows = ["image_type", "model", "image_size", "label_type", "training_data", "validation_data", "task"]
+    rows = [c for c in rows if sub[c].astype(str).str.len().gt(0).any()]
+    short = {"precision_weighted": "P", "recall_weighted": "R", "f1_weighted": "F1",
+             "recall_at_1": "R@1", "recall_at_5": "R@5", "recall_at_10": "R@10"}
+    sub = sub[sub["metric"].isin(short)]
+    out = sub.pivot_table(index=rows, columns="metric", values=["ours_cell", "paper"], aggfunc="first", sort=False)
+    cols = []
+    for m in short:
+        if ("ours_cell", m) in out.columns:
+            cols += [("ours_cell", m), ("paper", m)]
+    out = out[cols]
+    out.columns = [f"{short[m]} ours" if kind == "ours_cell" else f"{short[m]} paper" for kind, m in cols]
+    for c in out.columns:
+        if c.endswith("paper"):
+            out[c] = out[c].map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
+    return out.reset_index().fillna("")
 
 
 def verdict(ours: float, low: float, high: float, paper: float, tolerance: float = 0.05) -> str:
@@ -286,5 +391,5 @@ def summary_statements(table: pd.DataFrame) -> list[str]:
 
 
 __all__ = ["KEY_COLUMNS", "HEADLINE_COLUMNS", "HeadlineError", "paper_tables", "paper_key", "headline_row",
-           "classification_rows", "headline_frame", "write_results", "to_jsonable", "read_headline",
+           "classification_rows", "retrieval_rows", "headline_frame", "summary_frame", "records_frame", "paper_layout", "write_results", "to_jsonable", "read_headline",
            "collect_headlines", "beside_paper", "verdict", "add_verdicts", "summary_statements"]

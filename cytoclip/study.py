@@ -41,6 +41,8 @@ class Experiment:
     depends_on: list[str] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the protocol keys (cytoclip.protocol.PROTOCOL_KEYS) its numbers depend on; None: all of them
+    protocol: list[str] | None = None
 
 
 @dataclass
@@ -84,7 +86,8 @@ def load_study(path: str | os.PathLike | None = None) -> Study:
         experiments[exp_id] = Experiment(
             id=exp_id, notebook=spec["notebook"], title=spec.get("title", exp_id),
             depends_on=list(spec.get("depends_on") or []), params=dict(spec.get("params") or {}),
-            profiles={k: dict(v or {}) for k, v in (spec.get("profiles") or {}).items()})
+            profiles={k: dict(v or {}) for k, v in (spec.get("profiles") or {}).items()},
+            protocol=list(spec["protocol"]) if spec.get("protocol") is not None else None)
     for exp in experiments.values():
         for dep in exp.depends_on:
             if dep not in experiments:
@@ -96,6 +99,14 @@ def load_study(path: str | os.PathLike | None = None) -> Study:
                   paths=dict(raw.get("paths") or {}), defaults=dict(raw.get("defaults") or {}),
                   profiles={k: dict(v or {}) for k, v in raw["profiles"].items()}, experiments=experiments)
     execution_order(study)  # raises on cycles
+    from cytoclip.protocol import PROTOCOL_KEYS, check_departures
+
+    for exp in experiments.values():
+        unknown = sorted(set(exp.protocol or []) - set(PROTOCOL_KEYS))
+        if unknown:
+            raise StudyConfigError(f"{path}: experiments.{exp.id}.protocol names unknown key(s) {unknown}; "
+                                   f"expected some of {sorted(PROTOCOL_KEYS)}")
+    check_departures(study)
     return study
 
 
@@ -144,10 +155,30 @@ def resolve_params(study: Study, exp_id: str, profile: str) -> dict[str, Any]:
     params.update(exp.profiles.get(profile, {}))
     if study.data.get("source") == "dharani" or params.get("source") == "dharani":
         params["source"] = "dharani"
-        params["atlas_root"] = params.get("atlas_root") or study.data.get("atlas")
+        params["atlas"] = params.get("atlas") or study.data.get("atlas")
     params.update(profile=profile, experiment=exp_id,
                   output_dir=str(study.results_dir(exp_id).relative_to(study.root)))
     return params
+
+
+def notebook_parameters(study: Study, exp_id: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The resolved parameters an experiment's notebook declares (its ``parameters`` cell).
+
+    Study-wide defaults a notebook does not use are not passed; a parameter set for this experiment
+    (``experiments.<id>.params`` or its per-profile block) that the notebook does not declare is an error naming
+    the closest declared name, so a typo in the study file cannot silently run the defaults.
+    """
+    from cytoclip.params import check_parameters, declared_parameters
+
+    exp = study.experiments[exp_id]
+    src = study.root / exp.notebook
+    declared = declared_parameters(src)
+    own = set(exp.params) | {k for block in exp.profiles.values() for k in block}
+    try:
+        check_parameters(own, declared, where=f"{study.path}: experiments.{exp_id} ({exp.notebook})")
+    except ValueError as exc:
+        raise StudyConfigError(str(exc)) from None
+    return {k: v for k, v in params.items() if k in declared}
 
 
 def code_fingerprint() -> str:
@@ -210,9 +241,12 @@ def run_study(profile: str = "demo", only: list[str] | None = None, config: str 
         log(f"[{i}/{len(order)}] {exp_id}: running {exp.notebook} ({profile})")
         t0 = time.perf_counter()
         status, message = "ok", ""
-        declared = set(pm.inspect_notebook(str(src)))
-        # pass only what the notebook declares: the rest of the resolved set stays on record in study.json
-        nb_params = {k: v for k, v in params.items() if k in declared} if declared else params
+        try:
+            nb_params = notebook_parameters(study, exp_id, params)
+        except StudyConfigError as exc:
+            outcomes[exp_id] = ExperimentOutcome(exp_id, "failed", message=str(exc))
+            log(f"[{i}/{len(order)}] {exp_id}: FAILED, {exc}")
+            continue
         try:
             pm.execute_notebook(str(src), str(running), parameters=nb_params, cwd=str(study.root),
                                 kernel_name=kernel_name, progress_bar=False, log_output=False,

@@ -1,5 +1,6 @@
 """cytoclip.evaluate: embeddings cache, zero-shot, retrieval, baselines, adjacency, segmentation, and
-evaluate_model end to end on a tiny in-test dataset with a tiny random model (synthetic-labelled)."""
+evaluate() end to end on a tiny in-test dataset with a tiny random model (synthetic-labelled): every reported
+number recomputed from the arrays it leaves behind."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def dataset_dir(tmp_path_factory):
                              "plane": "sagittal", "x0": 0, "y0": 0, "x1": 48, "y1": 40, "mpp": 16.0,
                              "split": "train" if section == 1 else "val"})
     pd.DataFrame(rows).to_parquet(root / "manifest.parquet", index=False)
-    (root / "report.json").write_text(json.dumps({"dataset": "regions", "atlas_root": str(atlas)}))
+    (root / "report.json").write_text(json.dumps({"dataset": "regions", "synthetic": True}))
     return root
 
 
@@ -111,34 +112,39 @@ def test_zero_shot_picks_most_similar_text(model):
 
 
 # ------------------------------------------------------------------------------------------------- retrieval
-def test_sample_retrieval_set_stratified_and_seeded():
-    labels = np.array(["a"] * 60 + ["b"] * 30 + ["c"] * 9 + ["d"])
-    idx = E.sample_retrieval_set(labels, 20, seed=3)
-    assert len(idx) == 20 and len(set(idx)) == 20
-    counts = pd.Series(labels[idx]).value_counts()
-    assert counts["a"] == 12 and counts["b"] == 6 and counts.get("c", 0) + counts.get("d", 0) == 2
-    assert np.array_equal(idx, E.sample_retrieval_set(labels, 20, seed=3))
-    assert not np.array_equal(idx, E.sample_retrieval_set(labels, 20, seed=4))
-    assert len(E.sample_retrieval_set(labels, None)) == 100
+def test_sample_retrieval_set_random_and_seeded():
+    idx = E.sample_retrieval_set(100, 20, seed=3)
+    assert len(idx) == 20 and len(set(idx.tolist())) == 20 and (np.diff(idx) > 0).all()
+    assert np.array_equal(idx, E.sample_retrieval_set(100, 20, seed=3))
+    assert not np.array_equal(idx, E.sample_retrieval_set(100, 20, seed=4))
+    assert len(E.sample_retrieval_set(100, None)) == 100 and len(E.sample_retrieval_set(10, 925)) == 10
+    # a uniform draw: over many seeds every item is drawn about size/n of the time
+    counts = np.bincount(np.concatenate([E.sample_retrieval_set(50, 10, seed=s) for s in range(500)]), minlength=50)
+    assert counts.min() > 60 and counts.max() < 140  # expected 100 each
+    with pytest.raises(ValueError, match="retrieval_size"):
+        E.sample_retrieval_set(10, 0)
 
 
-def test_retrieval_tasks_and_image_only():
+def test_retrieval_one_caption_per_image_and_image_only():
     rng = np.random.default_rng(0)
     centers = np.eye(4, 16)
-    y = np.repeat(np.array(["a", "b", "c", "d"], dtype=object), 5)
+    y = np.repeat(np.array(["a", "b", "c", "d"]), 5)
     img = centers[np.repeat(np.arange(4), 5)] + rng.normal(0, 0.05, (20, 16))
     img /= np.linalg.norm(img, axis=1, keepdims=True)
     only = E.retrieval(img, y)
     assert only["text_to_image"] is None and only["image_to_text"] is None
     assert only["image_to_image"]["recall_at_1"] == pytest.approx(0.25)  # 1 of 4 other same-class images
     assert only["image_to_image"]["recall_at_5"] == pytest.approx(1.0)
-    full = E.retrieval(img, y, text_emb=centers, class_names=["a", "b", "c", "d"], n_boot=50)
+    assert only["image_to_image"]["hit_at_1"] == pytest.approx(1.0)
+    captions = centers[np.repeat(np.arange(4), 5)]  # each image's own caption: 5 identical per region
+    full = E.retrieval(img, y, text_emb=captions, n_boot=50)
     assert full["text_to_image"]["recall_at_5"] == pytest.approx(1.0)
-    assert full["image_to_text"]["recall_at_1"] == pytest.approx(0.2)  # 5 tied captions per region
-    per_class = E.retrieval(img, y, text_emb=centers, class_names=["a", "b", "c", "d"], text_gallery="per_class")
-    assert per_class["image_to_text"]["recall_at_1"] == pytest.approx(1.0)
+    assert full["image_to_text"]["recall_at_1"] == pytest.approx(0.2)  # 1 of the 5 captions of its region
+    assert full["image_to_text"]["hit_at_1"] == pytest.approx(1.0)
     ci = full["image_to_image"]["ci"]["recall_at_1"]
     assert ci["low"] <= ci["estimate"] <= ci["high"]
+    with pytest.raises(ValueError, match="one caption embedding per image"):
+        E.retrieval(img, y, text_emb=centers)
 
 
 def test_linear_probe_and_knn_on_separable_blobs():
@@ -147,12 +153,11 @@ def test_linear_probe_and_knn_on_separable_blobs():
     ytr, yva = np.repeat(["x", "y", "z"], 20), np.repeat(["x", "y", "z"], 10)
     tr = centers[np.repeat(np.arange(3), 20)] + rng.normal(size=(60, 8))
     va = centers[np.repeat(np.arange(3), 10)] + rng.normal(size=(30, 8))
-    lp = E.linear_probe(tr, ytr, va, yva, n_boot=50)
-    kn = E.knn(tr, ytr, va, yva, k=5)
-    assert lp["accuracy"] > 0.9 and kn["accuracy"] > 0.9
-    assert len(lp["pred"]) == 30 and lp["ci"]["f1_weighted"]["low"] <= lp["f1_weighted"]
+    lp = E.linear_probe(tr, ytr, va)
+    kn = E.knn(tr, ytr, va, k=5)
+    assert (lp == yva).mean() > 0.9 and (kn == yva).mean() > 0.9 and len(lp) == 30
     with pytest.raises(ValueError, match="two classes"):
-        E.linear_probe(tr[:5], ["x"] * 5, va, yva)
+        E.linear_probe(tr[:5], ["x"] * 5, va)
 
 
 # -------------------------------------------------------------------------------------------- error analysis
@@ -239,20 +244,18 @@ def test_annotation_grid_and_segmentation_scores():
 
 
 # -------------------------------------------------------------------------------------------- end to end
-def test_data_source(tmp_path, dataset_dir):
-    assert E.data_source(dataset_dir) == "synthetic"
-    real_atlas = tmp_path / "mirror"
-    real_atlas.mkdir()
+def test_data_label(tmp_path, dataset_dir):
+    from cytoclip.provenance import data_label
+
+    assert data_label(dataset_dir) == "synthetic atlas"
     (tmp_path / "d").mkdir()
-    (tmp_path / "d" / "report.json").write_text(json.dumps({"atlas_root": str(real_atlas)}))
-    assert E.data_source(tmp_path / "d") == "DHARANI"
-    assert E.data_source(tmp_path) == "unknown"
-    # a derived dataset (split, subset) answers as its parent does
+    (tmp_path / "d" / "report.json").write_text(json.dumps({"synthetic": False}))
+    assert data_label(tmp_path / "d") == "DHARANI"
     (tmp_path / "derived").mkdir()
     (tmp_path / "derived" / "source.json").write_text(json.dumps({"parent": str(dataset_dir)}))
-    assert E.data_source(tmp_path / "derived") == "synthetic"
-    (tmp_path / "derived" / "source.json").write_text(json.dumps({"parent": str(tmp_path / "d")}))
-    assert E.data_source(tmp_path / "derived") == "DHARANI"
+    assert data_label(tmp_path / "derived") == "synthetic atlas"  # a derived dataset is what its parent is
+    with pytest.raises(ValueError, match="cannot tell"):
+        data_label(tmp_path)
 
 
 class _TouchingAtlas:
@@ -267,60 +270,90 @@ class _TouchingAtlas:
         return self._Section()
 
 
-def test_evaluate_model_end_to_end(model, dataset_dir, tmp_path):
+def _brute_recall(sim, q, g, k, exclude_self=False):
+    """Recall@K by the paper's definition, query by query, in plain Python (stable ties: lower index first)."""
+    out = []
+    for i in range(sim.shape[0]):
+        cand = [j for j in range(sim.shape[1]) if not (exclude_self and j == i)]
+        relevant = [j for j in cand if g[j] == q[i]]
+        if not relevant:
+            continue
+        top = sorted(cand, key=lambda j: (-sim[i, j], j))[:k]
+        out.append(sum(1 for j in top if g[j] == q[i]) / len(relevant))
+    return float(np.mean(out))
+
+
+def test_evaluate_end_to_end_and_recomputable(model, dataset_dir, tmp_path):
     out = tmp_path / "results"
-    res = E.evaluate_model(model, dataset_dir, out_dir=out, n_boot=20, retrieval_size=8,
-                           embedding_method="pca", cache_dir=tmp_path / "cache", atlas=_TouchingAtlas())
+    res = E.evaluate(model, dataset_dir, out, n_boot=20, retrieval_size=8, embedding_method="pca",
+                     atlas=_TouchingAtlas())
     on_disk = json.loads((out / "results.json").read_text())
-    expected = {"data", "model", "dataset", "image_type", "split_scheme", "seed", "n_train", "n_val", "n_classes",
-                "class_names", "zero_shot", "multi_region", "retrieval", "linear_probe", "knn", "errors", "figures"}
+    expected = {"data", "model", "run_dir", "dataset", "image_type", "split", "seed", "label_type", "n_classes",
+                "class_names", "training_data", "validation_data", "classification", "per_class", "retrieval",
+                "errors", "figures", "arrays"}
     assert expected <= set(on_disk)
-    assert on_disk["data"] == "synthetic" and on_disk["image_type"] == "square224"
-    assert on_disk["n_val"] == 12 and on_disk["n_train"] == 12 and on_disk["n_classes"] == 4
-    zs = on_disk["zero_shot"]
-    for k in ("accuracy", "precision_weighted", "recall_weighted", "f1_weighted", "f1_macro"):
-        assert 0 <= zs[k] <= 1
-    assert zs["ci"]["accuracy"]["low"] <= zs["accuracy"] <= zs["ci"]["accuracy"]["high"]
-    assert len(zs["per_class"]) >= 1 and {"label", "f1", "support"} <= set(zs["per_class"][0])
-    assert on_disk["multi_region"]["accuracy"] >= zs["accuracy"]  # the rule only forgives
+    assert on_disk["data"] == "synthetic atlas" and on_disk["image_type"] == "square224"
+    assert on_disk["validation_data"] == {"n_images": 12, "n_labels": 4, "specimens": [1], "planes": ["sagittal"],
+                                          "ages_gw": [21.0], "n_sections": 1}
+    assert on_disk["training_data"]["n_images"] == 12 and on_disk["label_type"] == "single"
+    c = on_disk["classification"]
+    assert c["ci"]["accuracy"]["low"] <= c["accuracy"] <= c["ci"]["accuracy"]["high"]
+    assert len(on_disk["per_class"]) >= 1 and {"label", "f1", "support"} <= set(on_disk["per_class"][0])
+    # every number recomputed from the saved arrays
+    a = E.load_arrays(out)
+    from sklearn.metrics import f1_score
+
+    logits = a["image_embeddings"] @ a["class_text_embeddings"].T
+    pred = a["class_names"][logits.argmax(axis=1)]
+    assert (pred == a["predictions"]).all()
+    assert c["f1_weighted"] == pytest.approx(f1_score(a["labels"], pred, average="weighted", zero_division=0))
+    assert c["f1_macro"] == pytest.approx(f1_score(a["labels"], pred, average="macro", zero_division=0))
     r = on_disk["retrieval"]
-    assert r["n_images"] == 8 and r["n_regions"] == 4
-    assert {"recall_at_1", "recall_at_5", "recall_at_10"} <= set(r["text_to_image"])
-    assert on_disk["knn"]["accuracy"] > 0.9  # colour blobs: neighbours in any embedding share the region
+    ridx = a["retrieval_indices"]
+    assert r["n_images"] == len(ridx) == 8 and r["requested_size"] == 8
+    img, cap, lab = a["image_embeddings"][ridx], a["caption_embeddings"], a["labels"][ridx]
+    for k in (1, 5, 10):
+        assert r["image_to_image"][f"recall_at_{k}"] == pytest.approx(_brute_recall(img @ img.T, lab, lab, k, True))
+        assert r["text_to_image"][f"recall_at_{k}"] == pytest.approx(_brute_recall(cap @ img.T, lab, lab, k))
+        assert r["image_to_text"][f"recall_at_{k}"] == pytest.approx(_brute_recall(img @ cap.T, lab, lab, k))
     errs = on_disk["errors"]
-    n_err = round((1 - zs["accuracy"]) * 12)
-    assert sum(d["n_errors"] for d in errs["by_tree_distance"]) == n_err == errs["adjacency"]["n_errors"]
+    n_err = int((pred != a["labels"]).sum())
+    assert sum(d["n_errors"] for d in errs["by_tree_distance"] or []) == n_err == errs["by_adjacency"]["n_errors"]
     pairs = {frozenset(("Hippocampus", "Subiculum")), frozenset(("Thalamus", "Pons"))}
-    preds = pd.read_parquet(out / "predictions.parquet")
-    wrong = preds[preds["label"] != preds["zero_shot"]]
-    assert errs["adjacency"]["n_adjacent"] == sum(frozenset(p) in pairs
-                                                  for p in zip(wrong["label"], wrong["zero_shot"]))
+    wrong = [(t, p) for t, p in zip(a["labels"], pred) if t != p]
+    assert errs["by_adjacency"]["n_adjacent"] == sum(frozenset(p) in pairs for p in wrong)
     assert set(on_disk["figures"]) == {"confusion_matrix", "per_region_f1", "embeddings", "retrieval_examples"}
     for rel in on_disk["figures"].values():
         assert (out / rel).read_bytes()[:4] == b"\x89PNG"
     preds = pd.read_parquet(out / "predictions.parquet")
-    assert len(preds) == 12 and {"label", "zero_shot", "zero_shot_score", "knn"} <= set(preds.columns)
-    assert res["zero_shot"]["accuracy"] == zs["accuracy"]
-    # the results in the paper's vocabulary, beside the paper's numbers in separate columns
-    from cytoclip.plots import paper_comparison_table
-
-    ours = E.results_table(on_disk, model="CytoCLIP (BiomedCLIP)")
-    assert set(ours["table"]) == {"I", "IV"} and (ours["data"] == "synthetic").all()
-    cmp = paper_comparison_table(ours)
-    row = cmp[(cmp["table"] == "IV") & (cmp["image_type"] == "Complete region") & (cmp["task"] == "text-to-image")
-              & (cmp["model"] == "CytoCLIP (BiomedCLIP)") & (cmp["metric"] == "recall_at_10")]
-    assert row["paper"].item() == pytest.approx(0.422)
-    assert row["ours"].item() == pytest.approx(r["text_to_image"]["recall_at_10"])
-    multi = cmp[(cmp["label_type"] == "multi") & (cmp["metric"] == "f1_weighted") & cmp["ours"].notna()]
-    assert len(multi) == 1 and multi["ours"].item() == on_disk["multi_region"]["f1_weighted"]
-    # the CLI reaches the same function (here with a model spec string and no extras)
+    assert len(preds) == 12 and (preds["predicted"].to_numpy() == pred).all()
+    # the CLI reaches the same function and, for the same model and settings, the same numbers
     from cytoclip.cli import main
 
-    rc = main(["evaluate", "--model", "tiny", "--dataset", str(dataset_dir), "--out", str(tmp_path / "cli"),
-               "--n-boot", "0", "--no-probes", "--no-figures", "--retrieval-size", "6"])
+    model.save(tmp_path / "saved")
+    E.evaluate(tmp_path / "saved", dataset_dir, tmp_path / "py", n_boot=0, figures=False, retrieval_size=6)
+    rc = main(["evaluate", "--model", str(tmp_path / "saved"), "--dataset", str(dataset_dir), "--output-dir",
+               str(tmp_path / "cli"), "--n-boot", "0", "--no-figures", "--retrieval-size", "6"])
     cli = json.loads((tmp_path / "cli" / "results.json").read_text())
-    assert rc == 0 and cli["data"] == "synthetic" and cli["linear_probe"] is None and cli["figures"] == {}
-    assert cli["retrieval"]["n_images"] == 6
+    py = json.loads((tmp_path / "py" / "results.json").read_text())
+    assert rc == 0 and cli["figures"] == {} and cli["retrieval"]["n_images"] == 6
+    assert cli["classification"] == py["classification"] and cli["retrieval"] == py["retrieval"]
+
+
+def test_multi_region_rule_on_a_multi_dataset(model, dataset_dir, tmp_path):
+    """A multi-region dataset (labels = the primary region and its neighbours) is scored by the paper's rule."""
+    from cytoclip import workflow as wf
+
+    multi = wf.experiment_dataset(dataset_dir, "square224", split="sections", label_type="multi")
+    manifest = pd.read_parquet(multi / "manifest.parquet")
+    assert set(manifest["label"]) == {"Hippocampus, Subiculum", "Subiculum", "Thalamus", "Pons"}
+    assert (manifest["primary_label"] == manifest["label"].str.split(", ").str[0]).all()
+    res = E.evaluate(model, multi, tmp_path, n_boot=0, figures=False)
+    assert res["label_type"] == "multi"
+    a = E.load_arrays(tmp_path)
+    regions = {lab: lab.split(", ") for lab in a["class_names"]}
+    hits = np.array([p in regions[q] for p, q in zip(a["primary_labels"], a["predictions"])])
+    assert res["classification"]["hit_rate"] == pytest.approx(hits.mean())
 
 
 class _ImageOnly:
@@ -342,13 +375,13 @@ class _ImageOnly:
         return self
 
 
-def test_evaluate_model_image_only_uses_probe(model, dataset_dir, tmp_path):
-    res = E.evaluate_model(_ImageOnly(model), dataset_dir, out_dir=tmp_path, n_boot=0, retrieval_size=None,
-                           figures=False, knn_k=3)
-    assert res["zero_shot"] is None and res["multi_region"] is None and res["has_text"] is False
+def test_evaluate_image_only_uses_probe(model, dataset_dir, tmp_path):
+    res = E.evaluate(_ImageOnly(model), dataset_dir, tmp_path, n_boot=0, figures=False)
+    assert res["has_text"] is False and res["classification"]["method"] == "linear probe"
     assert res["retrieval"]["text_to_image"] is None and res["retrieval"]["image_to_text"] is None
-    assert res["retrieval"]["n_images"] == 12  # retrieval_size=None: the whole validation split
+    assert res["retrieval"]["n_images"] == 12  # the paper's 925 > the validation split: all of it
     assert res["linear_probe"]["accuracy"] > 0.9  # colour blobs are separable in any embedding
+    assert res["knn"]["accuracy"] > 0.9
     assert res["errors"]["confused_pairs"] is not None
     with pytest.raises(ValueError, match="image-only"):
         E.embed_texts(_ImageOnly(model), ["Pons"])

@@ -54,20 +54,29 @@ def test_classification_report_zero_division_and_labels():
         M.classification_report(["a"], ["a", "b"])
 
 
-def test_multi_region_rule_both_forms():
+def test_multi_region_rule_is_the_papers():
+    """Hit = the primary label is among the regions of the predicted multi-region label (paper IV-B)."""
+    from cytoclip.evaluate import multi_region_summary
+
     primary = ["Hippocampus", "Hippocampus", "Thalamus", "Pons"]
-    multi = [["Hippocampus", "Subiculum"], ["Hippocampus"], ["Thalamus", "Hypothalamus"], ["Pons"]]
-    single = ["Subiculum", "Subiculum", "Thalamus", "Medulla"]
-    assert M.multi_region_hits(primary, single, multi).tolist() == [True, False, True, False]
     sets = [["Subiculum", "Hippocampus"], ["Subiculum"], ["Thalamus"], ["Medulla", "Tectum"]]
     assert M.multi_region_hits(primary, sets).tolist() == [True, False, True, False]
-    assert M.multi_region_accuracy(primary, single, multi) == 0.5
-    rep = M.multi_region_report(primary, single, multi)
-    assert rep["accuracy"] == 0.5 and rep["hits"].sum() == 2
-    # a hit is scored as the primary label, so it can only help over the single-label report
-    assert rep["f1_weighted"] >= M.classification_report(primary, single)["f1_weighted"]
-    with pytest.raises(ValueError, match="multi_labels"):
-        M.multi_region_hits(primary, single)
+    s = multi_region_summary(primary, sets, n_boot=50)
+    assert s["hit_rate"] == 0.5 and s["label_type"] == "multi" and s["accuracy"] == 0.5
+    # a miss is scored as the predicted label's primary region
+    ref = M.classification_report(primary, ["Hippocampus", "Subiculum", "Thalamus", "Medulla"])
+    assert s["f1_weighted"] == pytest.approx(ref["f1_weighted"])
+    with pytest.raises(ValueError, match="list of regions"):
+        M.multi_region_hits(primary, ["Subiculum"] * 4)
+
+
+def test_metrics_take_any_label_type():
+    """Integer labels work (scikit-learn refuses an object array of ints: 'unknown is not supported')."""
+    rep = M.classification_report([0, 1, 2, 1], [0, 1, 1, 1])
+    assert rep["accuracy"] == 0.75 and list(rep["per_class"]["label"]) == [0, 1, 2]
+    assert M.classification_report(np.array([0, 1, 2, 1]), np.array([0, 1, 1, 1]))["f1_macro"] == rep["f1_macro"]
+    assert M.classification_report(pd.Series(["a", "b"]), pd.Series(["a", "a"]))["accuracy"] == 0.5
+    assert M.confused_pairs([0, 1, 1], [0, 0, 0])["count"].tolist() == [2]
 
 
 # ------------------------------------------------------------------------------------------------- retrieval

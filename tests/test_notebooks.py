@@ -39,38 +39,55 @@ def test_notebook_is_clean_and_parameterised(rel: str):
             compile(cell.source, rel, "exec")  # no syntax errors
 
 
+def _parameters(nb) -> dict:
+    """The parameters cell's assignments, evaluated (they are literals)."""
+    import ast
+
+    tree = ast.parse(nb.cells[0].source)
+    return {t.id: ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+            for t in node.targets if isinstance(t, ast.Name)}
+
+
 @pytest.mark.parametrize("rel", _study_notebooks())
-def test_parameters_cover_what_the_runner_passes(rel: str):
-    """Every parameter the runner resolves for an experiment of this notebook has a default in the notebook
-    (so `papermill <notebook>` with no -p runs, and a typo in _config.yml is caught)."""
+def test_parameters_agree_with_the_study_file(rel: str):
+    """_config.yml is the one source of the defaults: a notebook's parameters cell holds exactly what the study
+    resolves for the experiment and profile it names by default (so a bare `papermill <notebook>` runs that
+    experiment as `cytoclip study run` would), and every parameter the study sets for an experiment of this
+    notebook is declared by it."""
     from cytoclip import study as st
 
     study = st.load_study(ROOT / "_config.yml")
-    nb = nbformat.read(ROOT / rel, as_version=4)
-    defined = set(re.findall(r"^(\w+)\s*=", nb.cells[0].source, flags=re.M))
-    if rel.endswith("summary.ipynb"):
-        assert {"output_dir", "profile", "experiment"} <= defined
-        return
+    params = _parameters(nbformat.read(ROOT / rel, as_version=4))
+    resolved = st.resolve_params(study, params["experiment"], params["profile"])
+    assert study.experiments[params["experiment"]].notebook == rel
+    differ = {k: (v, resolved[k]) for k, v in params.items() if k in resolved and resolved[k] != v}
+    assert not differ, f"{rel}: parameters (notebook, _config.yml) differ: {differ}"
     for exp_id, exp in study.experiments.items():
-        if exp.notebook != rel:
-            continue
-        for profile in study.profiles:
-            missing = set(st.resolve_params(study, exp_id, profile)) - defined
-            assert not missing, f"{rel}: parameters {sorted(missing)} of {exp_id}/{profile} have no default"
+        if exp.notebook == rel:
+            st.notebook_parameters(study, exp_id, st.resolve_params(study, exp_id, "demo"))  # raises on a typo
+            assert {"profile", "experiment", "output_dir"} <= set(params)
 
 
-def test_builder_reproduces_the_committed_notebooks(tmp_path: Path, monkeypatch):
-    """tools/build_notebooks.py is the source of the notebooks: building again changes nothing."""
-    sys.path.insert(0, str(ROOT / "tools"))
-    try:
-        import build_notebooks
-    finally:
-        sys.path.pop(0)
-    monkeypatch.setattr(build_notebooks, "NB_DIR", tmp_path)
-    for path in build_notebooks.build():
-        built = nbformat.read(path, as_version=4)
-        committed = nbformat.read(NOTEBOOKS / path.name, as_version=4)
-        assert [c.source for c in built.cells] == [c.source for c in committed.cells], path.name
+@pytest.mark.parametrize("rel", _study_notebooks())
+def test_text_source_is_the_truth(rel: str):
+    """Each notebook is paired with a py:percent source (jupytext); the .ipynb holds exactly its cells."""
+    import jupytext
+
+    source = ROOT / rel.replace(".ipynb", ".py")
+    assert source.is_file(), f"{source}: the text source of {rel} is missing"
+    text = jupytext.read(source)
+    committed = nbformat.read(ROOT / rel, as_version=4)
+    assert [(c.cell_type, c.source.strip()) for c in text.cells] == \
+        [(c.cell_type, c.source.strip()) for c in committed.cells], \
+        f"{rel} differs from {source.name}: run `jupytext --sync {source.relative_to(ROOT)}`"
+    assert [c.metadata.get("tags", []) for c in text.cells] == [c.metadata.get("tags", []) for c in committed.cells]
+
+
+def test_no_pyplot_in_notebooks():
+    """Figures come from cytoclip.plots; the notebooks draw nothing by hand."""
+    for rel in _study_notebooks():
+        src = (ROOT / rel.replace(".ipynb", ".py")).read_text()
+        assert "pyplot" not in src and "plt." not in src, rel
 
 
 @pytest.mark.slow

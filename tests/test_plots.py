@@ -132,24 +132,26 @@ def test_segmentation_overlay_figure():
         P.segmentation_overlay_figure(img, lab + 5, REGIONS[:3], ["#ff0000"] * 3)
 
 
-def test_paper_tables_and_comparison():
-    paper = P.load_paper_tables()
-    assert set(paper["table"]) == {"I", "II", "III", "IV"} and paper["value"].dtype == float
-    ours = pd.DataFrame({"table": ["I", "I"], "image_type": ["High-res tiles"] * 2,
-                         "model": ["tiny", "tiny"], "metric": ["f1_weighted", "f1_macro"], "value": [0.5, 0.4]})
-    cmp = P.paper_comparison_table(ours, model_map={"tiny": "CytoCLIP (BiomedCLIP)"})
-    row = cmp[(cmp["model"] == "CytoCLIP (BiomedCLIP)") & (cmp["image_type"] == "High-res tiles")
-              & (cmp["metric"] == "f1_weighted")]
-    assert len(row) == 1
-    assert row["ours"].item() == 0.5 and row["paper"].item() == pytest.approx(0.912)
-    assert row["ours_data"].item() == "synthetic atlas" and row["paper_data"].item() == "paper (DHARANI)"
-    # no paper number for macro F1: ours stands alone, the paper column stays empty (never filled with ours)
-    macro = cmp[cmp["metric"] == "f1_macro"]
-    assert macro["paper"].isna().all() and macro["paper_data"].eq("").all()
-    # only table I is included, and every paper row of it is present
-    assert set(cmp["table"]) == {"I"} and cmp["paper"].notna().sum() == (paper["table"] == "I").sum()
-    with pytest.raises(ValueError, match="missing columns"):
-        P.paper_comparison_table(pd.DataFrame({"x": [1]}))
+def test_study_figures_build(labels):
+    img = np.full((40, 60, 3), 200, np.uint8)
+    from shapely.geometry import box
+
+    fig = P.section_figure(img, {1: box(5, 5, 20, 20)}, {1: "#ff0000"}, close_up=img, synthetic=True)
+    assert len(fig.axes) == 2 and fig.axes[0].get_title().endswith("(synthetic atlas)")
+    assert len(fig.axes[0].lines) == 1
+    fig = P.boxes_figure(img, [(0, 0, 10, 10), (10, 0, 20, 10)], ["#000000"] * 2, polygons=[np.eye(2) * 10])
+    assert len(fig.axes[0].patches) == 2 and len(fig.axes[0].lines) == 1
+    fig = P.image_grid_figure([[img, None]], ["Pons"], ["exact", "square224"])
+    assert len(fig.axes) == 2 and len(fig.axes[0].images) == 1 and not fig.axes[1].images
+    fig = P.label_counts_figure(pd.Series({"a": 3, "b": 5}))
+    assert [p.get_height() for p in fig.axes[0].patches] == [5, 3]
+    table = pd.DataFrame({"table": ["II", "II"], "image_type": ["ExactBBox", "SquareBBox"],
+                          "metric": ["f1_weighted"] * 2, "ours": [0.3, 0.4], "ci_low": [0.2, 0.3],
+                          "ci_high": [0.4, 0.5], "paper": [0.796, 0.799]})
+    fig = P.beside_paper_figure(table, "image_type")
+    assert len(fig.axes[0].patches) == 4
+    fig = P.ours_vs_paper_figure(table)
+    assert fig.axes[0].get_legend() is not None
 
 
 def test_save_figure_atomic(tmp_path, labels):

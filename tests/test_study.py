@@ -118,3 +118,15 @@ def test_project_study_file_is_valid():
             params = st.resolve_params(study, exp.id, profile)
             assert params["output_dir"].startswith("book/results/")
     assert st.execution_order(study)[-1] == "summary"
+
+
+def test_runner_rejects_a_parameter_the_notebook_does_not_declare(mini_study: Path):
+    """A typo in the study file is an error naming the closest declared name, not a silent run of the defaults."""
+    cfg = yaml.safe_load(mini_study.read_text())
+    cfg["experiments"]["first"]["params"] = {"valeu": 3}
+    mini_study.write_text(yaml.safe_dump(cfg))
+    study = st.load_study(mini_study)
+    with pytest.raises(st.StudyConfigError, match="valeu.*value"):
+        st.notebook_parameters(study, "first", st.resolve_params(study, "first", "smoke"))
+    # study-wide defaults a notebook does not use are simply not passed
+    assert st.notebook_parameters(study, "broken", {"value": 1, "unused": 2}) == {"value": 1}

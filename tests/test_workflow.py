@@ -1,4 +1,5 @@
-"""Unit tests of the notebook steps (cytoclip.workflow) and the headline schema (cytoclip.report), on small data."""
+"""Unit tests of the build-or-reuse steps (cytoclip.workflow), the headline schema and paper layout
+(cytoclip.report) and the protocol's departures (cytoclip.protocol), on small data."""
 
 from __future__ import annotations
 
@@ -36,6 +37,9 @@ def test_headline_row_and_frame_validate():
         report.headline_row(key, "f1_weighted", 0.5, data="somewhere")
     with pytest.raises(report.HeadlineError, match="table"):
         report.headline_row({"table": "IX"}, "f1_weighted", 0.5)
+    noted = report.headline_row(key, "f1_weighted", 0.5, departures="epochs 10 (paper 50)",
+                                seeds={"mean": 0.5, "std": 0.1, "n": 3})
+    assert noted["departures"] == "epochs 10 (paper 50)" and noted["n_seeds"] == 3
     bad = pd.DataFrame([row]).drop(columns=["ci_low"])
     with pytest.raises(report.HeadlineError, match="ci_low"):
         report.headline_frame(bad, source="x.csv")
@@ -105,18 +109,67 @@ def _dataset(tmp_path: Path, n_sections: int = 5, labels=("A", "B", "C"), types=
     return root
 
 
-def test_retrieval_frame_spreads_over_labels(tmp_path: Path):
-    d = _dataset(tmp_path, n_sections=7)
-    frame = wf.retrieval_frame(d, size=3, seed=1)
-    assert len(frame) == 3 and set(frame["label"]) == {"A", "B", "C"} and set(frame["split"]) == {"val"}
-    assert frame.equals(wf.retrieval_frame(d, size=3, seed=1))
-    with pytest.raises(ValueError, match="no 'test' images"):
-        wf.retrieval_frame(d, size=3, split="test")
+def test_paper_layout_one_row_per_model():
+    rows = []
+    for model, size, value in (("CytoCLIP (CLIP)", "224", 0.2), ("CytoCLIP (CLIP)", "336", 0.3)):
+        key = report.paper_key("I", model=model, image_size=size, label_type="single")
+        for m in report.CLASSIFICATION_METRICS:
+            rows.append(report.headline_row(key, m, value, (value - 0.01, value + 0.01)))
+    table = report.beside_paper(report.headline_frame(rows))
+    layout = report.paper_layout(table, "I")
+    ours = layout[layout["F1 ours"] != ""]
+    assert len(ours) == 2 and list(layout.columns[-6:]) == ["P ours", "P paper", "R ours", "R paper", "F1 ours",
+                                                             "F1 paper"]
+    assert ours.loc[ours["image_size"] == "336", "F1 ours"].item() == "0.300 [0.290, 0.310]"
+    assert ours.loc[ours["image_size"] == "336", "F1 paper"].item() == "0.839"
 
 
-def test_split_dataset_adds_within_holdout(tmp_path: Path):
+# ------------------------------------------------------------------------------------------------ workflow
+def _dataset(tmp_path: Path, n_sections: int = 5, labels=("A", "B", "C"), types=("square224",)) -> Path:
+    """A tiny prepared dataset: one 8x8 PNG per (section, label, type), two ages and two planes."""
+    root = tmp_path / "prepared" / "regions"
+    (root / "img").mkdir(parents=True)
+    rows = []
+    colors = {lab: i * 80 for i, lab in enumerate(labels)}
+    for s in range(n_sections):
+        specimen, age, plane = (1, 24.0, "sagittal") if s < n_sections - 2 else (
+            (2, 21.0, "sagittal") if s == n_sections - 2 else (3, 22.0, "coronal"))
+        for li, lab in enumerate(labels):
+            for t in types:
+                path = f"img/{s}_{lab}_{t}.png"
+                Image.fromarray(np.full((8, 8, 3), colors[lab], np.uint8)).save(root / path)
+                others = [x for x in labels if x != lab][:1]
+                rows.append({"path": path, "image_type": t, "label": lab, "label_id": 100 + li, "caption": lab,
+                             "multi_labels": [lab] + (others if li == 0 else []), "specimen": specimen,
+                             "section": s, "age_gw": age, "plane": plane,
+                             "split": "val" if s % 3 == 0 else "train", "mpp": 16.0})
+    pd.DataFrame(rows).to_parquet(root / "manifest.parquet")
+    (root / "report.json").write_text('{"synthetic": true}')
+    return root
+
+
+def test_experiment_dataset_selects_planes_and_splits(tmp_path: Path):
     d = _dataset(tmp_path, n_sections=8)
-    derived = wf.split_dataset(d, "cross_age", seed=0)
+    sag = wf.experiment_dataset(d, "square224", planes=["sagittal"], split="sections", split_seed=0)
+    m = pd.read_parquet(sag / "manifest.parquet")
+    assert set(m["plane"]) == {"sagittal"} and set(m["split"]) == {"train", "val"}
+    assert all(Path(p).is_absolute() and Path(p).is_file() for p in m["path"])
+    # the same derivation is the same directory; another seed or selection is another one
+    assert wf.experiment_dataset(d, "square224", planes=["sagittal"], split="sections", split_seed=0) == sag
+    assert wf.experiment_dataset(d, "square224", planes=["sagittal"], split="sections", split_seed=1) != sag
+    from cytoclip.provenance import data_label
+
+    assert data_label(sag) == "synthetic atlas"
+    multi = wf.experiment_dataset(d, "square224", planes=["sagittal"], label_type="multi")
+    mm = pd.read_parquet(multi / "manifest.parquet")
+    assert set(mm["label"]) == {"A, B", "B", "C"} and set(mm["primary_label"]) == {"A", "B", "C"}
+    with pytest.raises(ValueError, match="plane"):
+        wf.experiment_dataset(d, "square224", planes=["axial"])
+
+
+def test_experiment_dataset_cross_age_adds_within_holdout(tmp_path: Path):
+    d = _dataset(tmp_path, n_sections=8)
+    derived = wf.experiment_dataset(d, "square224", split="cross_age")
     m = pd.read_parquet(derived / "manifest.parquet")
     assert set(m["split"]) == {"train", "val", "val_within"}
     assert set(m.loc[m["split"] == "val", "age_gw"]) == {21.0}
@@ -126,10 +179,6 @@ def test_split_dataset_adds_within_holdout(tmp_path: Path):
     train_secs = set(pairs[m["split"] == "train"])
     within_secs = set(pairs[m["split"] == "val_within"])
     assert within_secs and not (within_secs & train_secs)
-    assert all(Path(p).is_absolute() and Path(p).is_file() for p in m["path"])
-    with pytest.raises(ValueError, match="no rows with age_gw == 30"):
-        from cytoclip.splits import assign_split
-        assign_split(pd.read_parquet(d / "manifest.parquet"), "cross_age", train_age=30)
 
 
 def test_subset_dataset_keeps_common_frequent_labels(tmp_path: Path):
@@ -145,29 +194,28 @@ def test_subset_dataset_keeps_common_frequent_labels(tmp_path: Path):
 
 
 def test_classification_summary_intervals():
-    y = np.array(["a", "b", "c"] * 20, dtype=object)
+    from cytoclip.evaluate import classification_summary
+
+    y = np.array(["a", "b", "c"] * 20)
     p = y.copy()
     p[:6] = "a"
-    s = wf.classification_summary(y, p, n_boot=200)
+    s = classification_summary(y, p, n_boot=200)
     assert 0.8 < s["accuracy"] < 1.0
     for m in ("precision_weighted", "recall_weighted", "f1_weighted", "f1_macro", "accuracy"):
-        assert s["ci"][m]["low"] <= s[m if m != "accuracy" else "accuracy"] <= s["ci"][m]["high"]
+        assert s["ci"][m]["low"] <= s[m] <= s["ci"][m]["high"]
     assert s["ci"]["f1_weighted"]["high"] > s["ci"]["f1_weighted"]["low"]
+    assert classification_summary(y, p, n_boot=0)["ci"] == {}
 
 
-def test_multi_region_summary_counts_primary_in_prediction():
-    primary = ["A", "B", "C", "A"]
-    predicted = [["A", "B"], ["A"], ["C"], ["B", "A"]]
-    s = wf.multi_region_summary(primary, predicted, n_boot=50)
-    assert s["hit_rate"] == pytest.approx(0.75)
-    assert s["ci"]["f1_weighted"]["low"] <= s["f1_weighted"] <= s["ci"]["f1_weighted"]["high"]
-
-
-def test_label_counts_and_ids(tmp_path: Path):
+def test_label_counts_and_run_seeds(tmp_path: Path):
     d = _dataset(tmp_path)
     counts = wf.label_counts(d)
     assert counts["images"].sum() == 15 and set(counts["split"]) == {"train", "val"}
-    assert wf.label_ids(d) == {"A": 100, "B": 101, "C": 102}
+    assert wf.run_seeds(3, None) == [3] and wf.run_seeds(0, [0, 1, 2]) == [0, 1, 2]
+    with pytest.raises(ValueError, match="distinct"):
+        wf.run_seeds(0, [1, 1])
+    assert wf.run_dir_for("runs", "demo", "train_clip224", 1) == Path("runs/demo/train_clip224-seed1")
+    assert wf.atlas_dir("data", "demo", 2) == Path("data/synthetic-demo-seed2")
 
 
 def test_try_model_reports_the_reason():
@@ -175,50 +223,31 @@ def test_try_model_reports_the_reason():
     assert model is None and "/nonexistent" in reason
 
 
-def test_zero_shot_eval_and_retrieval_with_tiny_model(tmp_path: Path):
-    import torch
+# ------------------------------------------------------------------------------------------------ protocol
+def test_the_study_declares_every_departure_from_the_paper():
+    from cytoclip import study as st
+    from cytoclip.protocol import departures
 
-    torch.manual_seed(0)
-    d = _dataset(tmp_path, n_sections=4)
-    model, reason = wf.try_model("tiny", device="cpu", pretrained=False, image_size=64, seed=0)
-    assert model is not None, reason
-    ds = wf.make_dataset(model, d, image_type="square224", split=None)
-    zs = wf.zero_shot_eval(model, ds, batch_size=8)
-    assert len(zs["y_pred"]) == len(ds) == 12 and set(zs["y_pred"]) <= {"A", "B", "C"}
-    assert np.allclose(zs["probs"].sum(1), 1.0, atol=1e-5)
-    r = wf.retrieval_eval(model, d, pd.read_parquet(d / "manifest.parquet"), ks=(1, 5), n_boot=20)
-    rows = r["rows"]
-    assert set(rows["task"]) == set(wf.RETRIEVAL_TASKS)
-    assert ((rows["value"] >= 0) & (rows["value"] <= 1)).all()
-    # with 4 relevant images per region, the paper's Recall@1 cannot exceed 1/3 (self excluded: 3 relevant)
-    i2i = rows[(rows["task"] == "image-to-image") & (rows["metric"] == "recall_at_1")]
-    assert float(i2i["value"].iloc[0]) <= 1 / 3 + 1e-9
+    study = st.load_study(Path(__file__).resolve().parent.parent / "_config.yml")
+    assert departures(study, "train_clip336", "paper") == []
+    demo = {d["key"]: d for d in departures(study, "train_clip336", "demo")}
+    assert {"model", "epochs", "source", "augment"} <= set(demo) and all(d["reason"] for d in demo.values())
+    assert demo["epochs"]["paper"] == "50" and demo["epochs"]["ours"] == "10"
+    # the planes of Table I are the paper's in every profile: sagittal only
+    assert "planes" not in demo and st.resolve_params(study, "train_clip336", "demo")["planes"] == ["sagittal"]
+    # values a user set by hand are departures too, with their own reason
+    params = dict(st.resolve_params(study, "train_clip336", "paper"), targets="labels")
+    assert departures(study, "train_clip336", "paper", params) == [
+        {"key": "targets", "paper": "pairs", "ours": "labels", "reason": "set for this run"}]
 
 
-def test_run_is_finished_compares_config(tmp_path: Path):
-    from dataclasses import dataclass
+def test_a_departure_without_a_reason_is_refused(tmp_path: Path):
+    import yaml
 
-    @dataclass
-    class Cfg:
-        run_dir: str
-        epochs: int = 1
+    from cytoclip import study as st
 
-    run = tmp_path / "run"
-    assert not wf.run_is_finished(run, Cfg(str(run)))
-    (run / "model").mkdir(parents=True)
-    from cytoclip.io import write_json
-
-    write_json(run / "config.json", {"run_dir": str(run), "epochs": 1})
-    assert wf.run_is_finished(run, Cfg(str(run)))
-    assert not wf.run_is_finished(run, Cfg(str(run), epochs=2))
-
-
-def test_train_config_maps_notebook_parameters(tmp_path: Path):
-    cfg = wf.train_config(dataset_dir=tmp_path, run_dir=tmp_path / "r", model="tiny", epochs=2, lr=1e-3, seed=3,
-                          warmup_steps=None)
-    import dataclasses
-
-    values = dataclasses.asdict(cfg)
-    assert 2 in values.values() and 1e-3 in values.values()
-    with pytest.raises(ValueError, match="no field"):
-        wf.train_config(not_a_parameter=1)
+    config = yaml.safe_load((Path(__file__).resolve().parent.parent / "_config.yml").read_text())
+    del config["profiles"]["demo"]["departures"]["augment"]
+    (tmp_path / "_config.yml").write_text(yaml.safe_dump(config))
+    with pytest.raises(st.StudyConfigError, match=r"departs from the paper in \['augment'\]"):
+        st.load_study(tmp_path / "_config.yml")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default="smoke", help="smoke | demo | full (resources/synth_profiles.yaml)")
-    parser.add_argument("--out", default=None, help="atlas directory (default: data/synthetic-<profile>)")
+    parser.add_argument("--out", default=None, help="atlas directory (default: data/synthetic-<profile>-seed<seed>)")
     parser.add_argument("--seed", type=int, default=0, help="one seed drives anatomy, cuts and rendering")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     parser.add_argument("--sections-per-specimen", type=int, default=None, help="override the profile")
@@ -21,7 +21,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def _run(args: argparse.Namespace) -> int:
     from cytoclip.synth import generate
 
-    out = Path(args.out or f"data/synthetic-{args.profile}")
+    from cytoclip.workflow import atlas_dir
+
+    out = Path(args.out) if args.out else atlas_dir("data", args.profile, args.seed)
     t0 = time.perf_counter()
     try:
         generate(out, profile=args.profile, seed=args.seed, workers=args.workers,

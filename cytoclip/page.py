@@ -1,0 +1,95 @@
+"""What every experiment page does around its own work: read its parameters, say which data it runs on and
+where it departs from the paper's protocol, and write ``results.json`` + ``headline.csv`` at the end.
+
+A notebook's first code cell after its parameters is::
+
+    page = Page.open(globals())
+
+which refuses a parameter the notebook does not declare (``papermill -p epoch 1``), builds nothing, and
+records the parameters, the data label (set once the atlas is known: :meth:`Page.use_data`) and the departures
+from the paper (:func:`cytoclip.protocol.departures`, computed from the values actually used).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+__all__ = ["Page"]
+
+
+@dataclass
+class Page:
+    params: dict[str, Any]
+    output_dir: Path
+    experiment: str
+    profile: str
+    departures: list[dict[str, str]] = field(default_factory=list)
+    data: str = ""
+    results: dict[str, Any] = field(default_factory=dict)
+    headline: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, namespace: Mapping[str, Any], study_file: str | os.PathLike = "_config.yml") -> "Page":
+        """The page of the notebook whose globals are ``namespace`` (see the module docstring)."""
+        from cytoclip.params import declared_in_namespace, reject_undeclared
+
+        reject_undeclared(namespace)
+        params = {k: namespace[k] for k in declared_in_namespace(namespace) if k in namespace}
+        experiment, profile = str(params.get("experiment", "")), str(params.get("profile", ""))
+        page = cls(params=params, output_dir=Path(params.get("output_dir") or f"book/results/{experiment}"),
+                   experiment=experiment, profile=profile)
+        page.output_dir.mkdir(parents=True, exist_ok=True)
+        if Path(study_file).is_file():
+            from cytoclip.protocol import departures
+            from cytoclip.study import load_study
+
+            page.departures = departures(load_study(study_file), experiment, profile, params)
+        page.results.update(experiment=experiment, profile=profile, params=params, departures=page.departures)
+        return page
+
+    # ------------------------------------------------------------------------------------------- what ran
+    def use_data(self, atlas_or_dataset: str | os.PathLike) -> str:
+        """Record the data label ("synthetic atlas" or "DHARANI") of the atlas the page runs on; returns it."""
+        from cytoclip.provenance import data_label
+
+        self.data = data_label(atlas_or_dataset)
+        self.results["data"] = self.data
+        return self.data
+
+    @property
+    def synthetic(self) -> bool:
+        return self.data == "synthetic atlas"
+
+    @property
+    def departure_note(self) -> str:
+        from cytoclip.protocol import departure_note
+
+        return departure_note(self.departures)
+
+    def departures_table(self) -> pd.DataFrame:
+        """The departures from the paper's protocol, one row per key (empty when the page follows the paper)."""
+        return pd.DataFrame(self.departures, columns=["key", "paper", "ours", "reason"])
+
+    def markdown_intro(self) -> str:
+        """The opening lines of the page: data, profile and departures in words."""
+        lines = [f"**Data: {self.data or 'not yet known'}** · profile `{self.profile}` · experiment "
+                 f"`{self.experiment}`."]
+        if self.data == "synthetic atlas":
+            lines.append("Every number on this page comes from the *synthetic atlas* (a procedural stand-in in the "
+                         "DHARANI layout), not from DHARANI; the paper's numbers stand beside ours, never mixed in.")
+        lines.append("This page follows the paper's protocol." if not self.departures else
+                     f"This page **departs from the paper** in {len(self.departures)} setting(s), listed below.")
+        return "\n\n".join(lines)
+
+    # ------------------------------------------------------------------------------------------- output
+    def finish(self) -> tuple[Path, Path]:
+        """Write ``results.json`` and ``headline.csv`` into the page's output directory."""
+        from cytoclip import report
+
+        return report.write_results(self.output_dir, self.results, self.headline)

@@ -6,9 +6,15 @@ SLURM, ``torch.compile`` optional).
 
 Determinism and exact resume: the order of the training items in epoch *e* is a function of ``(seed, e)``
 (``DistributedSampler.set_epoch``) and the random augmentation of an item a function of ``(seed, e, index)``,
-so neither depends on how many loader workers ran or where a run was interrupted. ``checkpoint-last.pt`` holds
-the model, optimizer, scheduler, scaler, the step and the RNG states of every rank; a resumed run skips the
-batches already done and continues with the same weights an uninterrupted run would have.
+so neither depends on how many loader workers ran or where a run was interrupted. ``checkpoint-last/`` holds
+the model, optimizer, scheduler, scaler, the step and the RNG states of every rank (tensors in safetensors, the
+rest as JSON: :mod:`cytoclip.checkpoint`; nothing is unpickled); a resumed run skips the batches already done
+and continues with the same weights an uninterrupted run would have.
+
+No non-finite tensor reaches a checkpoint or the saved model: a step whose loss or whose updated buffers (e.g.
+BatchNorm running statistics) are not finite is skipped and the buffers are put back as they were before it,
+and every save first checks every parameter, buffer and optimizer state, refusing (FloatingPointError naming
+the tensors) rather than writing a non-finite value.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import itertools
 import math
 import os
 import random
+import shutil
 import sys
 import time
 import warnings
@@ -30,10 +37,16 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from cytoclip import checkpoint as ckpt_io
 from cytoclip.io import atomic_path, fingerprint, write_json
 from cytoclip.loss import TARGETS, ContrastiveLoss
 
-CHECKPOINT = "checkpoint-last.pt"
+#: the run's checkpoint directory (cytoclip.checkpoint format)
+CHECKPOINT = "checkpoint-last"
+#: the pickle checkpoint of cytoclip before the safetensors format; never loaded (unpickling can run code)
+LEGACY_CHECKPOINT = "checkpoint-last.pt"
+#: files the trainer writes in a run dir through cytoclip.io.atomic_path (their temp names are swept at start)
+_RUN_FILES = ("config.json", "metrics.jsonl", "log.csv", LEGACY_CHECKPOINT)
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 SCHEDULES = ("cosine", "constant")
 #: fields that may change between an interrupted run and its resumption without breaking exactness
@@ -45,19 +58,20 @@ RESUME_FREE = ("resume", "max_steps", "num_workers", "checkpoint_every_steps", "
 class TrainConfig:
     """Everything a training run depends on; written in full to ``<run_dir>/config.json``.
 
-    Defaults are the paper's (III-D): AdamW, ``lr`` 5e-5, 50 epochs, batch 64. The paper does not give the
-    weight decay; 0.2 is the value of the original CLIP recipe and the default of open_clip's training script,
-    with which the paper trained BiomedCLIP. Models trained from scratch (``tiny``) want a larger rate
-    (~5e-4 with warm-up), which the study's profiles set.
+    Defaults are the paper's (III-D): AdamW, ``lr`` 5e-5, 50 epochs, batch 64, no augmentation (the paper
+    describes none; profiles turn ``augment`` on explicitly). The paper does not give the weight decay; 0.2 is
+    the value of the original CLIP recipe and the default of open_clip's training script, with which the paper
+    trained BiomedCLIP. Models trained from scratch (``tiny``) want a larger rate (~5e-4 with warm-up), which
+    the study's profiles set.
     """
 
-    dataset_dir: str = ""
+    dataset: str = ""                     # prepared dataset directory (holding manifest.parquet)
     run_dir: str = "runs/train"
     model: str = "tiny"
     init_from: str | None = None          # a saved model / run dir whose weights start the run (overrides model)
-    image_size: int | None = None         # tiny models only: input size (None = the model's default)
+    image_size: int | None = None         # input size passed to the model factory (None = the model's default)
     image_type: str | None = None         # None: the manifest's only image type
-    split_scheme: str | None = None       # None: the manifest's 'split' column; else cytoclip.splits scheme
+    split: str | None = None              # split scheme; None: the manifest's 'split' column (cytoclip.splits)
     val_split: str = "val"
     targets: str = "pairs"                # pairs | labels | ontology
     sigma: float = 1.0                    # ontology targets: exp(-hops / sigma)
@@ -74,7 +88,7 @@ class TrainConfig:
     grad_accum_steps: int = 1             # micro-batches per optimizer step (each micro-batch its own negatives)
     freeze_image: bool = False
     freeze_text: bool = False
-    augment: bool = True                  # the model's train_transform (flips, mild jitter)
+    augment: bool = False                 # the model's train_transform (flips, mild jitter); off as in the paper
     precision: str = "auto"               # auto: bf16 (or fp16) on CUDA, fp32 on CPU
     compile: bool = False
     channels_last: bool = True            # NHWC weights/inputs: faster convs (CPU oneDNN, CUDA AMP)
@@ -86,32 +100,73 @@ class TrainConfig:
     checkpoint_every_steps: int = 0       # 0: checkpoint at epoch ends only
     log_every_steps: int = 0              # 0: log epochs only
     max_steps: int | None = None          # stop after this many optimizer steps (schedule unchanged; tests)
-    max_nonfinite: int = 5                # consecutive non-finite losses before giving up
-    resume: bool | str = "auto"           # auto: resume a matching checkpoint-last.pt; True: must; False: never
+    max_nonfinite: int = 5                # consecutive non-finite steps before giving up
+    resume: bool | str = "auto"           # auto: resume a matching checkpoint; True: must; False: never
 
     def validate(self) -> "TrainConfig":
-        """Check field values; raises ValueError naming the field and what was expected."""
+        """Check every field's type and range; raises ValueError naming the field and what was expected."""
         def need(cond: bool, field: str, what: str) -> None:
             if not cond:
                 raise ValueError(f"TrainConfig.{field}: expected {what}, got {getattr(self, field)!r}")
 
-        need(bool(self.dataset_dir), "dataset_dir", "a prepared dataset directory")
-        need(bool(self.run_dir), "run_dir", "an output directory")
+        def is_int(v) -> bool:
+            return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+        def is_num(v) -> bool:  # a finite real number (inf and NaN are refused everywhere)
+            return is_int(v) or (isinstance(v, (float, np.floating)) and math.isfinite(v))
+
+        def text(field: str, optional: bool = False) -> None:
+            v = getattr(self, field)
+            need((optional and v is None) or (isinstance(v, str) and v.strip() != ""), field,
+                 ("None or " if optional else "") + "a non-empty string")
+
+        def flag(field: str) -> None:
+            need(isinstance(getattr(self, field), (bool, np.bool_)), field, "True or False")
+
+        text("dataset")
+        text("run_dir")
+        text("model")
+        text("init_from", optional=True)
+        text("image_type", optional=True)
+        text("split", optional=True)
+        text("val_split")
+        text("ontology", optional=True)
+        need(self.image_size is None or (is_int(self.image_size) and self.image_size >= 16), "image_size",
+             "None (the model's default) or an integer >= 16 (pixels)")
         need(self.targets in TARGETS, "targets", f"one of {TARGETS}")
-        need(self.precision in PRECISIONS, "precision", f"one of {PRECISIONS}")
+        need(is_num(self.sigma) and self.sigma > 0, "sigma", "a finite number > 0")
+        need(is_int(self.epochs) and self.epochs >= 1, "epochs", "an integer >= 1")
+        need(is_int(self.batch_size) and self.batch_size >= 2, "batch_size",
+             "an integer >= 2 (a contrastive batch needs negatives)")
+        need(is_num(self.lr) and self.lr > 0, "lr", "a finite learning rate > 0")
+        need(is_num(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a finite number >= 0")
+        # AdamW's decoupled decay multiplies the weights by (1 - lr * weight_decay) at each step
+        need(float(self.lr) * float(self.weight_decay) < 1, "weight_decay",
+             f"lr * weight_decay < 1 (AdamW scales the weights by 1 - lr * weight_decay; lr is {self.lr!r})")
+        need(isinstance(self.betas, (tuple, list)) and len(self.betas) == 2
+             and all(is_num(b) and 0 <= b < 1 for b in self.betas), "betas", "two numbers in [0, 1)")
+        need(is_num(self.eps) and 0 < self.eps < 1, "eps", "a number in (0, 1)")
         need(self.schedule in SCHEDULES, "schedule", f"one of {SCHEDULES}")
-        need(int(self.epochs) >= 1, "epochs", "an integer >= 1")
-        need(int(self.batch_size) >= 2, "batch_size", "an integer >= 2 (a contrastive batch needs negatives)")
-        need(float(self.lr) > 0, "lr", "a positive learning rate")
-        need(float(self.weight_decay) >= 0, "weight_decay", "a non-negative number")
-        need(int(self.grad_accum_steps) >= 1, "grad_accum_steps", "an integer >= 1")
-        need(int(self.warmup_steps) >= 0, "warmup_steps", "an integer >= 0")
-        need(int(self.num_workers) >= 0, "num_workers", "an integer >= 0")
-        need(self.max_steps is None or int(self.max_steps) >= 1, "max_steps", "None or an integer >= 1")
-        need(int(self.max_nonfinite) >= 1, "max_nonfinite", "an integer >= 1")
-        need(self.resume in (True, False, "auto"), "resume", "True, False or 'auto'")
-        need(float(self.sigma) > 0, "sigma", "a positive number")
-        need(self.grad_clip is None or float(self.grad_clip) > 0, "grad_clip", "None or a positive norm")
+        need(is_int(self.warmup_steps) and self.warmup_steps >= 0, "warmup_steps", "an integer >= 0")
+        need(self.grad_clip is None or (is_num(self.grad_clip) and self.grad_clip > 0), "grad_clip",
+             "None or a finite norm > 0")
+        need(is_int(self.grad_accum_steps) and self.grad_accum_steps >= 1, "grad_accum_steps", "an integer >= 1")
+        for field in ("freeze_image", "freeze_text", "augment", "compile", "channels_last"):
+            flag(field)
+        need(self.precision in PRECISIONS, "precision", f"one of {PRECISIONS}")
+        need(is_int(self.num_workers) and self.num_workers >= 0, "num_workers", "an integer >= 0")
+        need(is_int(self.seed) and 0 <= self.seed < 2**63, "seed", "an integer in [0, 2**63)")
+        need(isinstance(self.device, str) and _is_device(self.device), "device", "'auto', 'cpu', 'cuda' or 'cuda:N'")
+        need(is_int(self.val_every_epochs) and self.val_every_epochs >= 0, "val_every_epochs", "an integer >= 0")
+        need(isinstance(self.prompt, str) and "{}" in self.prompt, "prompt",
+             "a string with '{}' where the class name goes")
+        need(is_int(self.checkpoint_every_steps) and self.checkpoint_every_steps >= 0, "checkpoint_every_steps",
+             "an integer >= 0")
+        need(is_int(self.log_every_steps) and self.log_every_steps >= 0, "log_every_steps", "an integer >= 0")
+        need(self.max_steps is None or (is_int(self.max_steps) and self.max_steps >= 1), "max_steps",
+             "None or an integer >= 1")
+        need(is_int(self.max_nonfinite) and self.max_nonfinite >= 1, "max_nonfinite", "an integer >= 1")
+        need(isinstance(self.resume, (bool, np.bool_)) or self.resume == "auto", "resume", "True, False or 'auto'")
         return self
 
     def to_dict(self) -> dict:
@@ -122,15 +177,38 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "config") -> "TrainConfig":
-        """Build from a dict (e.g. a YAML file); unknown keys raise a ValueError naming them and ``source``."""
+        """Build from a dict (e.g. a YAML file); unknown keys raise a ValueError naming them and ``source``.
+        Numbers written as strings (YAML 1.1 reads ``5e-4`` as a string) are converted for the numeric fields."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ValueError(f"{source}: unknown training option(s) {unknown}; expected some of {sorted(names)}")
+            renamed = [f"{k!r} is now {RENAMED[k]!r}" for k in unknown if k in RENAMED]
+            hint = f" ({'; '.join(renamed)})" if renamed else ""
+            raise ValueError(f"{source}: unknown training option(s) {unknown}{hint}; expected some of {sorted(names)}")
         d = dict(d)
-        if "betas" in d:
-            d["betas"] = tuple(d["betas"])
+        for key in _FLOAT_FIELDS:
+            if isinstance(d.get(key), str):
+                try:
+                    d[key] = float(d[key])
+                except ValueError:
+                    raise ValueError(f"{source}: {key}: expected a number, got {d[key]!r}") from None
+        if "betas" in d and isinstance(d["betas"], (list, tuple)):
+            d["betas"] = tuple(float(b) if isinstance(b, str) else b for b in d["betas"])
         return cls(**d)
+
+
+#: old field names -> new ones (one name per option across the CLI, Python and config files)
+RENAMED = {"dataset_dir": "dataset", "split_scheme": "split"}
+_FLOAT_FIELDS = ("lr", "weight_decay", "eps", "sigma", "grad_clip")
+
+
+def _is_device(device: str) -> bool:
+    if device == "auto":
+        return True
+    try:
+        return torch.device(device).type in ("cpu", "cuda", "mps", "xpu")
+    except (RuntimeError, ValueError):
+        return False
 
 
 # ============================================================================================ distributed
@@ -394,10 +472,8 @@ def zero_shot_validation(model: Any, dataset: torch.utils.data.Dataset, class_na
 
 # ============================================================================================ the trainer
 def _data_label(dataset_dir: Path) -> str:
-    try:
-        from cytoclip.evaluate import data_source
-    except ImportError:  # evaluate is optional for training; the label then stays unknown
-        return "unknown"
+    from cytoclip.evaluate import data_source
+
     return data_source(dataset_dir)
 
 
@@ -416,39 +492,167 @@ def _comparable(cfg: dict) -> dict:
     return {k: v for k, v in cfg.items() if k not in RESUME_FREE}
 
 
+def _sweep_run_dir(run_dir: Path) -> None:
+    """Remove what a killed run left behind: temp files of the trainer's atomic writes, a half-written
+    ``model/`` save, and files of an interrupted checkpoint save (see :func:`cytoclip.checkpoint.sweep`)."""
+    if not run_dir.is_dir():
+        return
+    for name in _RUN_FILES:
+        for tmp in run_dir.glob(f".{name}.*"):
+            if tmp.is_file():
+                tmp.unlink(missing_ok=True)
+    if (run_dir / "model").is_dir():
+        for tmp in (run_dir / "model").glob(".save-*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+    ckpt_io.sweep(run_dir / CHECKPOINT)
+
+
 def _load_checkpoint(run_dir: Path, config: TrainConfig) -> dict | None:
-    path = run_dir / CHECKPOINT
-    if config.resume is False or not path.is_file():
-        if config.resume is True:
-            raise FileNotFoundError(f"{path}: resume=True but there is no checkpoint to resume from")
+    """The run's checkpoint as ``{"tensors": {group: {name: tensor}}, "state": plain dict}``, or None (no
+    checkpoint, ``resume=False``, or a different configuration with ``resume="auto"``). Never unpickles: a
+    legacy ``checkpoint-last.pt`` is refused unless ``resume=False``; anything not in the
+    :mod:`cytoclip.checkpoint` format, truncated or corrupt raises a CheckpointError naming the file."""
+    directory, legacy = run_dir / CHECKPOINT, run_dir / LEGACY_CHECKPOINT
+    if config.resume is False:
+        if legacy.exists():
+            warnings.warn(f"{legacy}: ignored (resume=False); cytoclip no longer reads pickle checkpoints",
+                          stacklevel=3)
         return None
-    # our own file, holding numpy RNG state and optimizer state: not loadable with weights_only=True
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
-        raise ValueError(f"{path}: not a cytoclip training checkpoint (expected keys 'model', 'config')")
-    old, new = _comparable(ckpt["config"]), _comparable(config.to_dict())
+    if not ckpt_io.exists(directory):
+        if legacy.exists():
+            raise ckpt_io.CheckpointError(
+                f"{legacy}: a pickle checkpoint (cytoclip before safetensors checkpoints, or not cytoclip's); it is "
+                f"not loaded, since unpickling can run code; delete it, or pass resume=False to start afresh")
+        if config.resume is True:
+            raise FileNotFoundError(f"{directory / ckpt_io.STATE_FILE}: resume=True but there is no checkpoint "
+                                    "to resume from")
+        return None
+    tensors, state = ckpt_io.load(directory)
+    where = directory / ckpt_io.STATE_FILE
+    missing = [k for k in _STATE_KEYS if k not in state] + [g for g in ("model", "optimizer", "rng")
+                                                            if g not in tensors]
+    if missing or not isinstance(state.get("config"), dict):
+        raise ckpt_io.CheckpointError(f"{where}: not a cytoclip training checkpoint (missing {missing or ['config']})")
+    old, new = _comparable(state["config"]), _comparable(config.to_dict())
     if old != new:
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if config.resume is True:
-            raise ValueError(f"{path}: the checkpoint was made with a different configuration (fields {diff}); "
+            raise ValueError(f"{where}: the checkpoint was made with a different configuration (fields {diff}); "
                              "resume=True needs the same settings")
-        warnings.warn(f"{path}: configuration changed (fields {diff}); starting the run afresh", stacklevel=2)
+        warnings.warn(f"{where}: configuration changed (fields {diff}); starting the run afresh", stacklevel=3)
         return None
-    return ckpt
+    return {"tensors": tensors, "state": state}
+
+
+#: entries of a training checkpoint's plain state
+_STATE_KEYS = ("step", "epoch", "optimizer", "scheduler", "scaler", "rng", "history", "nonfinite_total",
+               "epoch_stats", "config", "sampler")
+
+
+def _optimizer_to_checkpoint(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, plain) of ``optimizer.state_dict()``: the per-parameter state tensors under
+    ``state.<param index>.<key>``, everything else (param groups, non-tensor state) as plain data."""
+    sd = optimizer.state_dict()
+    tensors, plain_state = {}, {}
+    for pid, entry in sd["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{int(pid)}.{key}"] = value
+            else:
+                plain_state.setdefault(str(pid), {})[key] = value
+    return tensors, {"param_groups": ckpt_io.to_plain(sd["param_groups"]), "state": ckpt_io.to_plain(plain_state)}
+
+
+def _optimizer_from_checkpoint(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                               plain: dict, where: Path) -> None:
+    """Load what :func:`_optimizer_to_checkpoint` wrote; state tensors shaped like their parameter take its
+    memory layout (channels_last), as in the run that wrote them."""
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        parts = name.split(".", 2)
+        if len(parts) != 3 or parts[0] != "state" or not parts[1].isdigit():
+            raise ckpt_io.CheckpointError(f"{where}: unexpected optimizer tensor {name!r}")
+        state.setdefault(int(parts[1]), {})[parts[2]] = value
+    for pid, entry in plain.get("state", {}).items():
+        state.setdefault(int(pid), {}).update(entry)
+    groups = [dict(g) for g in plain["param_groups"]]
+    for g in groups:
+        if isinstance(g.get("betas"), list):
+            g["betas"] = tuple(g["betas"])
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    for p in params:
+        for key, value in optimizer.state.get(p, {}).items():
+            if isinstance(value, torch.Tensor) and value.shape == p.shape and value.stride() != p.stride():
+                optimizer.state[p][key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
+
+
+def _rng_to_checkpoint(states: list[dict]) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """(tensors, plain) of the RNG states of every rank: torch/CUDA byte states as tensors, Python's and
+    numpy's as plain lists."""
+    tensors, plain = {}, []
+    for rank, st in enumerate(states):
+        tensors[f"{rank}.torch"] = st["torch"]
+        if "cuda" in st:
+            tensors[f"{rank}.cuda"] = st["cuda"]
+        version, internal, gauss = st["python"]
+        name, keys, pos, has_gauss, cached = st["numpy"]
+        plain.append({"python": [version, list(internal), gauss],
+                      "numpy": [name, [int(k) for k in keys], int(pos), int(has_gauss), float(cached)]})
+    return tensors, plain
+
+
+def _rng_from_checkpoint(tensors: dict[str, torch.Tensor], plain: list[dict], rank: int) -> dict:
+    version, internal, gauss = plain[rank]["python"]
+    name, keys, pos, has_gauss, cached = plain[rank]["numpy"]
+    state = {"python": (version, tuple(internal), gauss),
+             "numpy": (name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached),
+             "torch": tensors[f"{rank}.torch"]}
+    if f"{rank}.cuda" in tensors:
+        state["cuda"] = tensors[f"{rank}.cuda"]
+    return state
+
+
+def _nonfinite(named: Iterator[tuple[str, torch.Tensor]]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an infinity (one host sync for all)."""
+    items = [(n, t) for n, t in named if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel()]
+    if not items:
+        return []
+    flags = torch.stack([torch.isfinite(t).all() for _, t in items]).cpu().tolist()
+    return [n for (n, _), ok in zip(items, flags) if not ok]
+
+
+def _refuse_nonfinite(what: str, named: list[tuple[str, torch.Tensor]], dist: "DistInfo", device: torch.device,
+                      run_dir: Path) -> None:
+    """Raise FloatingPointError (on every rank, so none waits for the others) when any tensor of ``named``, on
+    any rank, is not finite: nothing non-finite is ever written."""
+    bad = _nonfinite(iter(named))
+    n_bad = len(bad)
+    if dist.world_size > 1:
+        count = torch.tensor([float(n_bad)], device=device)
+        torch.distributed.all_reduce(count)
+        n_bad = int(count.item())
+    if n_bad:
+        shown = ", ".join(bad[:6]) + (f" and {len(bad) - 6} more" if len(bad) > 6 else "") if bad else \
+            "(on another rank)"
+        raise FloatingPointError(
+            f"{run_dir}: refusing to save the {what}: {n_bad} tensor(s) hold NaN or inf: {shown}; the previous "
+            "checkpoint is kept; lower TrainConfig.lr, set grad_clip, or use precision='fp32'/'bf16'")
 
 
 def train(config: TrainConfig) -> Path:
-    """Train ``config.model`` on ``config.dataset_dir``; returns the run directory.
+    """Train ``config.model`` on ``config.dataset``; returns the run directory.
 
     Writes ``config.json`` (full config + resolved device/precision/world size/classes), ``metrics.jsonl`` and
-    ``log.csv`` (one row per epoch, and per ``log_every_steps`` steps), ``checkpoint-last.pt`` (each epoch and
-    every ``checkpoint_every_steps``) and the final model via ``model.save(run_dir / "model")``. Only rank 0
-    writes. A matching checkpoint is resumed exactly (``resume="auto"``/``True``).
+    ``log.csv`` (one row per epoch, and per ``log_every_steps`` steps), ``checkpoint-last/`` (each epoch and
+    every ``checkpoint_every_steps``) and the model via ``model.save(run_dir / "model")`` when the run ends
+    (after its last epoch, or at ``max_steps``). Only rank 0 writes. A matching checkpoint is resumed exactly
+    (``resume="auto"``/``True``).
     """
     if isinstance(config, dict):
         config = TrainConfig.from_dict(config)
     config.validate()
-    dataset_dir, run_dir = Path(config.dataset_dir), Path(config.run_dir)
+    dataset_dir, run_dir = Path(config.dataset), Path(config.run_dir)
     if not (dataset_dir / "manifest.parquet").is_file():
         raise FileNotFoundError(f"{dataset_dir / 'manifest.parquet'}: not found; expected a dataset made by "
                                 "`cytoclip prepare regions|tiles`")
@@ -463,16 +667,20 @@ def train(config: TrainConfig) -> Path:
 
 def build_model(config: TrainConfig, device: torch.device) -> Any:
     """The CytoModel to train: ``init_from`` (saved weights) or ``model`` (tiny models seeded by ``seed``),
-    with the requested towers frozen."""
+    at ``image_size`` when one is set (passed to the model factory, whose backends refuse it where they cannot
+    honour it), with the requested towers frozen."""
     from cytoclip.models import create_model
 
     spec = config.init_from or config.model
     kw: dict[str, Any] = {}
     if str(spec).startswith("tiny") and not config.init_from:
         kw["seed"] = config.seed
-        if config.image_size:
-            kw["image_size"] = int(config.image_size)
+    if config.image_size is not None:
+        kw["image_size"] = int(config.image_size)
     model = create_model(spec, device=device, **kw)
+    if config.image_size is not None and int(model.image_size) != int(config.image_size):
+        raise ValueError(f"TrainConfig.image_size: {config.image_size} asked for, but {spec!r} was built at "
+                         f"{model.image_size} px")
     if not getattr(model, "has_text", True):
         raise ValueError(f"TrainConfig.model: {spec!r} is image-only; contrastive training needs a text tower")
     model.freeze(image=config.freeze_image or None, text=config.freeze_text or None)
@@ -486,14 +694,14 @@ def build_datasets(config: TrainConfig, model: Any) -> tuple[Any, Any, str]:
     indices are shared (the validation set uses the training set's class names)."""
     from cytoclip.data import ImageTextDataset, load_manifest
 
-    dataset_dir = Path(config.dataset_dir)
+    dataset_dir = Path(config.dataset)
     image_type = config.image_type
     if image_type is None:
         types = sorted(load_manifest(dataset_dir)["image_type"].astype(str).unique())
         if len(types) != 1:
             raise ValueError(f"{dataset_dir}: the manifest holds image types {types}; set TrainConfig.image_type")
         image_type = types[0]
-    common = dict(image_type=image_type, split_scheme=config.split_scheme, seed=config.seed)
+    common = dict(image_type=image_type, split_scheme=config.split, seed=config.seed)
     train_ds = ImageTextDataset(dataset_dir, split="train",
                                 transform=model.train_transform if config.augment else model.transform, **common)
     val_ds = ImageTextDataset(dataset_dir, split=config.val_split, transform=model.transform,
@@ -513,6 +721,8 @@ def _train(config: TrainConfig, dataset_dir: Path, run_dir: Path, dist: DistInfo
     precision = resolve_precision(config.precision, device)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     amp = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+    if dist.is_main:
+        _sweep_run_dir(run_dir)
     ckpt = _load_checkpoint(run_dir, config)
     _seed_everything(config.seed)
 
@@ -563,21 +773,30 @@ def _train(config: TrainConfig, dataset_dir: Path, run_dir: Path, dist: DistInfo
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     step, history, nonfinite_total, epoch_stats = 0, [], 0, None
     if ckpt is not None:
-        model.module.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        step, history = int(ckpt["step"]), list(ckpt["history"])
-        nonfinite_total, epoch_stats = int(ckpt["nonfinite_total"]), ckpt.get("epoch_stats")
-        rng = ckpt["rng"]
-        if len(rng) != dist.world_size:
-            raise ValueError(f"{run_dir / CHECKPOINT}: written by {len(rng)} processes, resumed with "
+        where, tensors, state = run_dir / CHECKPOINT / ckpt_io.STATE_FILE, ckpt["tensors"], ckpt["state"]
+        try:
+            model.module.load_state_dict(tensors["model"])
+            _optimizer_from_checkpoint(optimizer, tensors["optimizer"], state["optimizer"], where)
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            raise ckpt_io.CheckpointError(f"{where}: does not fit this run's model/optimizer "
+                                          f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+        step, history = int(state["step"]), list(state["history"])
+        nonfinite_total, epoch_stats = int(state["nonfinite_total"]), state.get("epoch_stats")
+        if len(state["rng"]) != dist.world_size:
+            raise ValueError(f"{where}: written by {len(state['rng'])} processes, resumed with "
                              f"{dist.world_size}; resume with the same number of processes")
-        _set_rng_state(rng[dist.rank], device)
+        _set_rng_state(_rng_from_checkpoint(tensors["rng"], state["rng"], dist.rank), device)
     if dist.world_size > 1:
+        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.module.modules())
         if device.type == "cuda":  # batch statistics over the global batch, as one process would see them
             model.module = nn.SyncBatchNorm.convert_sync_batchnorm(model.module)
             towers.net = model.module
+        elif has_bn:  # torch's SyncBatchNorm runs on accelerators only
+            warnings.warn(f"TrainConfig.model: {model.spec.get('backend')!r} has BatchNorm layers, whose statistics "
+                          f"are per process on {device.type}: {dist.world_size} processes do not train the weights "
+                          "of one process at the same global batch")
         ddp_kw = {"device_ids": [device.index]} if device.type == "cuda" else {}
         towers = nn.parallel.DistributedDataParallel(towers, **ddp_kw)
     ddp = towers if isinstance(towers, nn.parallel.DistributedDataParallel) else None
@@ -586,35 +805,58 @@ def _train(config: TrainConfig, dataset_dir: Path, run_dir: Path, dist: DistInfo
     model.train()
 
     # -- run dir ----------------------------------------------------------------------------------------------
+    stop_at = total_steps if config.max_steps is None else min(total_steps, int(config.max_steps))
     resolved = {"device": str(device), "precision": precision, "world_size": dist.world_size,
-                "model_spec": model.spec, "image_type": image_type, "class_names": class_names,
+                "model_spec": model.spec, "image_size": int(model.image_size), "image_type": image_type,
+                "class_names": class_names,
                 "n_train": len(train_ds), "n_val": len(val_ds), "steps_per_epoch": steps_per_epoch,
                 "total_steps": total_steps, "data": _data_label(dataset_dir),
                 "dataset_fingerprint": fingerprint(dataset_dir / "manifest.parquet"),
-                "torch": torch.__version__, "resumed_at_step": step if ckpt is not None else None}
+                "torch": torch.__version__, "resumed_at_step": step if ckpt is not None else None,
+                "stops_at_step": stop_at}
     if dist.is_main:
         write_json(run_dir / "config.json", {**requested.to_dict(), "resolved": {**resolved,
                                                                                  "batch_size": config.batch_size}})
 
+    param_names = {id(p): n for n, p in model.module.named_parameters()}
+
+    def model_tensors() -> list[tuple[str, torch.Tensor]]:
+        return list(model.module.state_dict().items())
+
     def save_checkpoint(stats: dict | None) -> None:
+        opt_tensors, opt_plain = _optimizer_to_checkpoint(optimizer)
+        pid_names = {str(i): param_names.get(id(p), str(i))
+                     for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"])}
+        named_opt = [(f"optimizer state {k.split('.')[2]} of {pid_names.get(k.split('.')[1], k)}", v)
+                     for k, v in opt_tensors.items()]
+        _refuse_nonfinite("checkpoint", model_tensors() + named_opt, dist, device, run_dir)
         rng = [_rng_state(device)]
         if dist.world_size > 1:
             rng = [None] * dist.world_size
             torch.distributed.all_gather_object(rng, _rng_state(device))
         if not dist.is_main:
             return
-        state = {"model": model.module.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
-                 "epoch": step // steps_per_epoch, "rng": rng, "history": history, "nonfinite_total": nonfinite_total,
-                 "epoch_stats": stats, "config": requested.to_dict(),
+        rng_tensors, rng_plain = _rng_to_checkpoint(rng)
+        state = {"step": step, "epoch": step // steps_per_epoch, "optimizer": opt_plain,
+                 "scheduler": ckpt_io.to_plain(scheduler.state_dict()), "scaler": ckpt_io.to_plain(scaler.state_dict()),
+                 "rng": rng_plain, "history": ckpt_io.to_plain(history), "nonfinite_total": nonfinite_total,
+                 "epoch_stats": ckpt_io.to_plain(stats),
+                 "config": requested.to_dict(),
                  "sampler": {"seed": config.seed, "epoch": step // steps_per_epoch,
                              "micro_batches_done": (step % steps_per_epoch) * accum}}
-        with atomic_path(run_dir / CHECKPOINT) as tmp:
-            torch.save(state, tmp)
+        ckpt_io.save(run_dir / CHECKPOINT, {"model": dict(model_tensors()), "optimizer": opt_tensors,
+                                            "rng": rng_tensors}, state)
 
     # -- the loop ---------------------------------------------------------------------------------------------
-    stop_at = total_steps if config.max_steps is None else min(total_steps, int(config.max_steps))
     consecutive_bad = 0
+    # buffers that the forward pass updates in train mode (BatchNorm running statistics): saved at the start of
+    # each accumulation group and put back when the group is skipped, so a skipped step leaves no trace
+    persistent = set(model.module.state_dict())
+    buffers = [b for n, b in model.module.named_buffers() if n in persistent]
+    float_buffers = [b for b in buffers if b.is_floating_point()]
+    if not float_buffers:
+        buffers = []
+    saved_buffers: list[torch.Tensor] = []
     bar = tqdm(total=stop_at, initial=min(step, stop_at), desc=f"training {run_dir.name}", unit="step",
                enabled=dist.is_main)
     # one loader for the whole run: persistent workers are forked once, not at every epoch
@@ -642,6 +884,8 @@ def _train(config: TrainConfig, dataset_dir: Path, run_dir: Path, dist: DistInfo
                 images = images.contiguous(memory_format=torch.channels_last)
             labels = labels.to(device, non_blocking=True)
             tokens = caption_tokens[captions.to(device, non_blocking=True)]
+            if buffers and micro % accum == 0:  # the first micro-batch of a group
+                saved_buffers = [b.detach().clone() for b in buffers]
             micro += 1
             last_of_group = micro % accum == 0 or micro == micro_per_epoch
             # accumulation micro-batches skip DDP's gradient all-reduce; the group's last one syncs
@@ -653,8 +897,13 @@ def _train(config: TrainConfig, dataset_dir: Path, run_dir: Path, dist: DistInfo
                 # backward is queued before the one host sync of the step (the finiteness check); a non-finite
                 # loss gives non-finite gradients, which are discarded with the whole accumulation group
                 scaler.scale(loss / accum).backward()
-            loss_value = float(loss.detach())
-            finite = math.isfinite(loss_value)
+            # one host sync: the loss, and whether the buffers the forward updated are still finite
+            checks = [loss.detach().float().reshape(())]
+            if float_buffers:
+                checks.append(torch.stack([torch.isfinite(b).all() for b in float_buffers]).all().float())
+            values = torch.stack(checks).tolist()
+            loss_value = values[0]
+            finite = math.isfinite(loss_value) and all(v == 1.0 for v in values[1:])
             if dist.world_size > 1:  # every rank must agree to skip, or ranks' weights would drift apart
                 flag = torch.tensor([float(finite)], device=device)
                 torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
@@ -668,13 +917,17 @@ def _train(config: TrainConfig, dataset_dir: Path, run_dir: Path, dist: DistInfo
             if last_of_group:
                 if group_bad:
                     optimizer.zero_grad(set_to_none=True)
+                    with torch.no_grad():
+                        for b, saved in zip(buffers, saved_buffers):
+                            b.copy_(saved)
                     nonfinite_total += 1
                     stats["nonfinite"] += 1
                     consecutive_bad += 1
                     if consecutive_bad >= config.max_nonfinite:
                         bar.close()
                         raise FloatingPointError(
-                            f"{run_dir}: the loss was not finite for {consecutive_bad} consecutive steps (last at "
+                            f"{run_dir}: the loss (or the model's buffers) was not finite for {consecutive_bad} "
+                            f"consecutive steps (last at "
                             f"step {step}); lower TrainConfig.lr, set grad_clip, or use precision='fp32'/'bf16'")
                 else:
                     consecutive_bad = 0
@@ -733,9 +986,11 @@ def _train(config: TrainConfig, dataset_dir: Path, run_dir: Path, dist: DistInfo
             save_checkpoint(None)
     bar.close()
     del loader  # stops the persistent workers now rather than at garbage collection
-    if step >= total_steps and dist.is_main:
-        model.eval()
-        model.save(run_dir / "model")
+    if step >= stop_at:  # finished, or stopped by max_steps: the model is saved either way
+        _refuse_nonfinite("model", model_tensors(), dist, device, run_dir)
+        if dist.is_main:
+            model.eval()
+            model.save(run_dir / "model")
     if dist.world_size > 1:
         torch.distributed.barrier()
     return run_dir
@@ -743,8 +998,8 @@ def _train(config: TrainConfig, dataset_dir: Path, run_dir: Path, dist: DistInfo
 
 # ============================================================================================ CLI
 _CLI_FIELDS = {  # CLI flag -> TrainConfig field
-    "dataset": "dataset_dir", "model": "model", "init_from": "init_from", "image_type": "image_type",
-    "image_size": "image_size", "split": "split_scheme", "epochs": "epochs", "batch_size": "batch_size",
+    "dataset": "dataset", "model": "model", "init_from": "init_from", "image_type": "image_type",
+    "image_size": "image_size", "split": "split", "epochs": "epochs", "batch_size": "batch_size",
     "lr": "lr", "weight_decay": "weight_decay", "warmup_steps": "warmup_steps", "schedule": "schedule",
     "targets": "targets", "sigma": "sigma", "grad_clip": "grad_clip", "grad_accum_steps": "grad_accum_steps",
     "precision": "precision", "num_workers": "num_workers", "seed": "seed", "device": "device",
@@ -779,7 +1034,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
       help="NHWC memory format for the model and its inputs (default on)")
     a("--freeze-image", action="store_true", default=None)
     a("--freeze-text", action="store_true", default=None)
-    a("--no-augment", dest="augment", action="store_false", default=None)
+    a("--augment", action=argparse.BooleanOptionalAction, default=None,
+      help="the model's training augmentation (flips, mild jitter; default off, as in the paper)")
     a("--num-workers", type=int)
     a("--seed", type=int)
     a("--device", help="auto | cpu | cuda | cuda:N")
@@ -789,7 +1045,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     a("--out", help="run directory (e.g. runs/NAME)")
     g = parser.add_mutually_exclusive_group()
     g.add_argument("--resume", dest="resume", action="store_const", const=True, default=None,
-                   help="continue from <out>/checkpoint-last.pt (error when there is none)")
+                   help="continue from <out>/checkpoint-last/ (error when there is none)")
     g.add_argument("--no-resume", dest="resume", action="store_const", const=False,
                    help="start afresh even when a checkpoint exists (default: resume a matching one)")
     parser.set_defaults(func=_cli)
@@ -821,8 +1077,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def _cli(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    if not config.dataset_dir:
-        print("cytoclip train: --dataset (or dataset_dir in --config) is required", file=sys.stderr)
+    if not config.dataset:
+        print("cytoclip train: --dataset (or dataset in --config) is required", file=sys.stderr)
         return 2
     run_dir = train(config)
     print(run_dir)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from cytoclip import checkpoint as ckpt_io
 from cytoclip.train import TrainConfig, config_from_args, configure_parser, lr_lambda, train
 
 CLASSES = ["Cortical plate", "Ganglionic eminence", "Thalamus", "Hippocampus", "Cerebellum"]
@@ -55,7 +56,7 @@ def dataset(tmp_path_factory):
 
 
 def _cfg(dataset, run_dir, **kw):
-    base = dict(dataset_dir=str(dataset), run_dir=str(run_dir), model="tiny", image_size=64, epochs=2,
+    base = dict(dataset=str(dataset), run_dir=str(run_dir), model="tiny", image_size=64, epochs=2,
                 batch_size=8, lr=5e-4, warmup_steps=2, num_workers=0, seed=0, device="cpu")
     base.update(kw)
     return TrainConfig(**base)
@@ -67,6 +68,11 @@ def _weights(run_dir):
     files = list((run_dir / "model").glob("*.safetensors"))
     assert len(files) == 1
     return load_file(files[0])
+
+
+def _ckpt(run_dir):
+    """(tensor groups, plain state) of the run's checkpoint."""
+    return ckpt_io.load(run_dir / "checkpoint-last")
 
 
 def test_run_dir_contents_and_reload(dataset, tmp_path):
@@ -84,8 +90,13 @@ def test_run_dir_contents_and_reload(dataset, tmp_path):
     assert 0.0 <= rec["val_accuracy"] <= 1.0 and rec["val_n"] == 12
     log = pd.read_csv(run / "log.csv")
     assert {"train_loss", "lr", "val_accuracy", "val_f1_weighted", "images_per_s", "epoch_time_s"} <= set(log.columns)
-    ckpt = torch.load(run / "checkpoint-last.pt", weights_only=False)
-    assert ckpt["step"] == 4 and {"python", "numpy", "torch"} <= set(ckpt["rng"][0])
+    tensors, state = _ckpt(run)
+    assert state["step"] == 4 and {"python", "numpy"} <= set(state["rng"][0]) and "0.torch" in tensors["rng"]
+    manifest = json.loads((run / "checkpoint-last" / "checkpoint.json").read_text())
+    assert manifest["format"] == "cytoclip-checkpoint" and set(manifest["files"]) == {"model", "optimizer", "rng"}
+    # the directory holds the committed files only (the saves of earlier steps are gone)
+    assert {p.name for p in (run / "checkpoint-last").iterdir()} == {"checkpoint.json"} | {
+        e["file"] for e in manifest["files"].values()}
     from cytoclip.models import create_model
 
     reloaded = create_model(run)
@@ -101,8 +112,11 @@ def test_resume_equals_uninterrupted(dataset, tmp_path):
     straight = train(_cfg(dataset, tmp_path / "straight"))
     part = tmp_path / "parted"
     train(_cfg(dataset, part, max_steps=4))  # 4 steps = one epoch of 32 images at batch 8
-    assert not (part / "model").exists()
-    assert torch.load(part / "checkpoint-last.pt", weights_only=False)["step"] == 4
+    # a run stopped by max_steps saves its model like a finished one, and its config says where it stopped
+    assert (part / "model").is_dir() and torch.equal(_weights(part)["logit_scale"], _ckpt(part)[0]["model"]["logit_scale"])
+    stopped = json.loads((part / "config.json").read_text())
+    assert stopped["max_steps"] == 4 and stopped["resolved"]["stops_at_step"] == 4
+    assert _ckpt(part)[1]["step"] == 4
     train(_cfg(dataset, part, resume=True))
     mid = tmp_path / "mid"
     train(_cfg(dataset, mid, max_steps=3))
@@ -122,14 +136,14 @@ def test_loader_workers_and_precision_paths(dataset, tmp_path):
     (persistent workers get the epoch with each item key); bf16 autocast runs on CPU."""
     torch.set_num_threads(1)
     # 4 micro-batches per epoch, 2 per step: step 3 is in the second epoch
-    w0 = train(_cfg(dataset, tmp_path / "w0", max_steps=3, grad_accum_steps=2))
-    w2 = train(_cfg(dataset, tmp_path / "w2", max_steps=3, grad_accum_steps=2, num_workers=2))
-    a = torch.load(w0 / "checkpoint-last.pt", weights_only=False)["model"]
-    b = torch.load(w2 / "checkpoint-last.pt", weights_only=False)["model"]
+    w0 = train(_cfg(dataset, tmp_path / "w0", max_steps=3, grad_accum_steps=2, augment=True))
+    w2 = train(_cfg(dataset, tmp_path / "w2", max_steps=3, grad_accum_steps=2, num_workers=2, augment=True))
+    a = _ckpt(w0)[0]["model"]
+    b = _ckpt(w2)[0]["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     bf = train(_cfg(dataset, tmp_path / "bf16", max_steps=2, precision="bf16"))
     assert json.loads((bf / "config.json").read_text())["resolved"]["precision"] == "bf16"
-    c = torch.load(bf / "checkpoint-last.pt", weights_only=False)["model"]
+    c = _ckpt(bf)[0]["model"]
     assert all(torch.isfinite(v).all() for v in c.values())
     with pytest.raises(ValueError, match="fp16"):
         train(_cfg(dataset, tmp_path / "fp16", precision="fp16"))
@@ -250,8 +264,10 @@ def test_cli_parses_into_config(tmp_path):
                          "--epochs", "3", "--batch-size", "16", "--targets", "labels", "--out", "runs/x",
                          "--resume", "--config", str(tmp_path / "c.yaml")])
     cfg = config_from_args(args)
-    assert (cfg.dataset_dir, cfg.epochs, cfg.batch_size, cfg.lr, cfg.warmup_steps) == ("d", 3, 16, 1e-3, 5)
-    assert (cfg.split_scheme, cfg.targets, cfg.run_dir, cfg.resume) == ("sections", "labels", "runs/x", True)
+    assert (cfg.dataset, cfg.epochs, cfg.batch_size, cfg.lr, cfg.warmup_steps) == ("d", 3, 16, 1e-3, 5)
+    assert (cfg.split, cfg.targets, cfg.run_dir, cfg.resume) == ("sections", "labels", "runs/x", True)
+    assert cfg.augment is False  # the paper's recipe: no augmentation unless asked for
+    assert config_from_args(p.parse_args(["--dataset", "d", "--augment"])).augment is True
 
 
 def test_ontology_targets_use_tree_distances(dataset, tmp_path):

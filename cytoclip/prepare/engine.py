@@ -24,6 +24,7 @@ import contextlib
 import math
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -39,8 +40,8 @@ import numpy as np
 import pandas as pd
 
 from cytoclip.atlas import Atlas, AtlasError, open_atlas
-from cytoclip.io import (TEMP_MARK, atomic_path, fingerprint, is_reusable, read_json, sweep_temps,
-                         work_fingerprint, write_json)
+from cytoclip.io import (atomic_path, fingerprint, is_reusable, read_json, sweep_temps, work_fingerprint,
+                         write_json)
 from cytoclip.progress import tqdm
 
 SHARDS = "shards"
@@ -403,11 +404,16 @@ def _sweep(kind: Kind, output_dir: Path, tasks: list[dict]) -> list[Path]:
     for directory, prefixes in by_dir.items():
         if not directory.is_dir():
             continue
-        # one listing per directory; a temporary is ".<target name>.tmp-<random>"
-        for entry in list(directory.glob(f".*{TEMP_MARK}*")):
-            target = entry.name[1:].split(TEMP_MARK)[0]
-            if any(target.startswith(p) for p in prefixes):
-                removed += sweep_temps(directory, target)
+        # One listing per directory. A dataset never names its own files with a leading dot, so a hidden
+        # entry named after one of these sections' files is a temporary (".<name>.tmp-<random>", or the
+        # ".<name>.<random>" of earlier versions) that a killed run left.
+        for entry in list(directory.glob(".*")):
+            if any(entry.name.startswith("." + p) for p in prefixes):
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+                removed.append(entry)
     return removed
 
 

@@ -64,6 +64,7 @@ class _Files:
                                  f"the 's3' extra (pip install 'cytoclip[s3]')") from None
             self.protocol = root_s.split("://", 1)[0]
             self.root: Any = path.rstrip("/")
+            self._url = root_s.rstrip("/")  # shown as the user wrote it (memory:// paths gain a leading /)
         else:
             self.fs = None
             self.root = Path(root_s[7:] if root_s.startswith("file://") else root_s)
@@ -74,7 +75,12 @@ class _Files:
         return "/".join([self.root, *parts])
 
     def display(self, path: Any) -> str:
-        return f"{self.protocol}://{path}" if self.fs is not None else str(path)
+        if self.fs is None:
+            return str(path)
+        path = str(path)
+        if path == self.root or path.startswith(self.root + "/"):
+            return self._url + path[len(self.root):]
+        return f"{self.protocol}://{path}"
 
     def exists(self, path: Any) -> bool:
         return Path(path).exists() if self.fs is None else self.fs.exists(path)

@@ -64,6 +64,7 @@ class _Files:
                                  f"the 's3' extra (pip install 'cytoclip[s3]')") from None
             self.protocol = root_s.split("://", 1)[0]
             self.root: Any = path.rstrip("/")
+            self._url = root_s.rstrip("/")  # shown as the user wrote it (memory:// paths gain a leading /)
         else:
             self.fs = None
             self.root = Path(root_s[7:] if root_s.startswith("file://") else root_s)
@@ -74,7 +75,12 @@ class _Files:
         return "/".join([self.root, *parts])
 
     def display(self, path: Any) -> str:
-        return f"{self.protocol}://{path}" if self.fs is not None else str(path)
+        if self.fs is None:
+            return str(path)
+        path = str(path)
+        if path == self.root or path.startswith(self.root + "/"):
+            return self._url + path[len(self.root):]
+        return f"{self.protocol}://{path}"
 
     def exists(self, path: Any) -> bool:
         return Path(path).exists() if self.fs is None else self.fs.exists(path)
@@ -90,6 +96,23 @@ class _Files:
 
     def open(self, path: Any, mode: str = "rb"):
         return open(path, mode) if self.fs is None else self.fs.open(path, mode)
+
+    def identity(self, path: Any) -> str | None:
+        """Size and version of a file (local: mtime; remote: ETag or modification time), None if absent.
+
+        Cheap (one stat / HEAD), and changes whenever the file is rewritten: what resume fingerprints use.
+        """
+        if path is None:
+            return None
+        try:
+            if self.fs is None:
+                st = Path(path).stat()
+                return f"{st.st_size}:{st.st_mtime_ns}"
+            info = self.fs.info(path)
+        except (FileNotFoundError, OSError):
+            return None
+        version = next((info[k] for k in ("ETag", "etag", "LastModified", "mtime", "created") if info.get(k)), "")
+        return f"{info.get('size')}:{version}"
 
 
 # ------------------------------------------------------------------------------------------ tile decode
@@ -113,6 +136,23 @@ def _mpp_from_tags(page: Any) -> float | None:
     if um_per_unit is None or not num or not den:
         return None
     return um_per_unit / (num / den)
+
+
+def _lost_levels(tif: Any, pages: list[Any]) -> str:
+    """What is missing from a pyramid whose file declares more levels than tifffile could read, or "".
+
+    Level 0 names its reduced levels in the SubIFDs tag; a damaged SubIFD (or a truncated file) makes
+    tifffile drop that level with only a log message, and reads would silently come from another level.
+    """
+    tag = pages[0].tags.get("SubIFDs") if hasattr(pages[0].tags, "get") else None
+    declared = len(tag.value) if tag is not None and isinstance(tag.value, (tuple, list)) else 0
+    if not declared or len(pages) - 1 >= declared:
+        return ""
+    w0 = pages[0].shape[1]
+    found = {round(math.log2(w0 / p.shape[1])) for p in pages[1:]}
+    missing = [k for k in range(1, declared + 1) if k not in found]
+    shown = ", ".join(f"level {k} (1/{2**k} of level 0)" for k in missing[: len(missing)])
+    return f"{declared} reduced level(s) declared, {len(pages) - 1} readable; lost: {shown}"
 
 
 # ------------------------------------------------------------------------------------------ Section
@@ -207,6 +247,12 @@ class Section:
             tif.close()
             fh.close()
             raise AtlasError(f"{name}: expected an RGB uint8 image, got shape {p0.shape} dtype {p0.dtype}")
+        lost = _lost_levels(tif, pages)
+        if lost:
+            tif.close()
+            fh.close()
+            raise AtlasError(f"{name}: damaged pyramid, {lost}; the section would be read from the surviving "
+                             f"levels only (expected every level the TIFF declares)")
         self._tif, self._fh, self._pages = tif, fh, pages
         if self._levels is None:
             self._levels = self._compute_levels(pages)
@@ -429,7 +475,7 @@ class Section:
             # the real files store y (sometimes x) negated: level-0 px are the absolute values
             geom = shapely.transform(geom, np.abs)
             if not geom.is_valid:
-                geom = _polygonal(shapely.make_valid(geom))
+                geom = polygonal(shapely.make_valid(geom))
                 repaired.add(rid)
             parts.setdefault(rid, []).append(geom)
         regions: dict[int, Any] = {}
@@ -437,7 +483,7 @@ class Section:
         for rid in sorted(parts):
             geoms = parts[rid]
             g = shapely.union_all(geoms) if geoms else None
-            g = _polygonal(g) if g is not None else None
+            g = polygonal(g) if g is not None else None
             if g is None or g.is_empty or g.area <= 0:
                 empty.append(rid)
                 continue
@@ -467,17 +513,22 @@ def _feature_id(feat: Any) -> int | None:
     return int(f) if f.is_integer() else None
 
 
-def _polygonal(geom: Any) -> Any:
-    """Keep only the polygonal parts of a geometry (make_valid can add lines and points)."""
+def polygonal(geom: Any) -> Any:
+    """The polygonal part of a geometry: the points and lines a repair (make_valid) or a union may leave
+    are dropped; a Polygon or MultiPolygon comes back as it is, an empty result as an empty Polygon.
+
+    The one helper for this in the package (the annotation reader and the region pipeline use it).
+    """
     import shapely
     from shapely.geometry import MultiPolygon, Polygon
 
     if isinstance(geom, (Polygon, MultiPolygon)):
         return geom
-    polys = [g for g in shapely.get_parts(geom) if isinstance(g, (Polygon, MultiPolygon)) and not g.is_empty]
+    polys = [q for p in shapely.get_parts(geom) if isinstance(p, (Polygon, MultiPolygon)) and not p.is_empty
+             for q in shapely.get_parts(p)]
     if not polys:
         return Polygon()
-    return shapely.union_all(polys)
+    return polys[0] if len(polys) == 1 else shapely.union_all(polys)
 
 
 # ------------------------------------------------------------------------------------------ Atlas
@@ -499,6 +550,23 @@ class Atlas:
 
     def __repr__(self) -> str:
         return f"Atlas({self.files.display(self.root)!r})"
+
+    @property
+    def url(self) -> str:
+        """The root as one string (a local path or ``protocol://path``): what :func:`open_atlas` opens again,
+        e.g. in a worker process."""
+        return self.files.display(self.root)
+
+    @property
+    def is_synthetic(self) -> bool:
+        """True when the root carries the synthetic atlas's label (``SYNTHETIC.md``)."""
+        return bool(self.files.exists(self.files.join("SYNTHETIC.md")))
+
+    def section_identity(self, specimen: int, section: int) -> dict:
+        """Identity of one section's files (size and version of its TIFF and GeoJSON): a resume input."""
+        tif, js = layout.section_paths(".", specimen, section)
+        return {"image": self.files.identity(self.files.join(*tif.parts)),
+                "annotation": self.files.identity(self.files.join(*js.parts))}
 
     @property
     def ontology(self) -> Any:
@@ -618,6 +686,17 @@ class Atlas:
                        ontology=onto, files=self.files)
 
 
+def open_atlas(atlas: "str | os.PathLike | Atlas | Any") -> "Atlas | Any":
+    """The one way to open an atlas root: a local path, an fsspec URL (``s3://``, ``memory://``, ``file://``)
+    or an already open atlas (returned as it is). Raises :class:`AtlasError` naming the root when it is
+    not an atlas directory. Every verb and function that takes ``atlas`` goes through here."""
+    if isinstance(atlas, (str, os.PathLike)):
+        return Atlas(atlas)
+    if all(hasattr(atlas, name) for name in ("sections", "section", "ontology")):
+        return atlas
+    raise TypeError(f"atlas: expected a path, an fsspec URL or an Atlas, got {type(atlas).__name__}")
+
+
 # ------------------------------------------------------------------------------------------ CLI
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -633,7 +712,7 @@ def _cli(args: argparse.Namespace) -> int:
     import pandas as pd
 
     try:
-        atlas = Atlas(args.root)
+        atlas = open_atlas(args.root)
         if args.section is not None:
             if args.specimen is None:
                 raise AtlasError("--section needs --specimen")

@@ -1,7 +1,14 @@
-"""Small file helpers shared by every step: atomic writes and content fingerprints.
+"""Small file helpers shared by every step: atomic writes, temp sweeping, fingerprints and the resume rule.
 
 Every artefact of the study (prepared datasets, runs, results) is written to a temporary name in the
 same directory and renamed into place, so an interrupted run never leaves a half-written file behind.
+Temporary names carry one mark (``.<name>.tmp-<random>``): a run killed with SIGKILL leaves them, and
+:func:`sweep_temps` lets the next run remove them without touching anything else.
+
+The resume rule, written once (:func:`work_fingerprint`, :func:`is_reusable`): a finished piece of work
+is reused when the fingerprint of its inputs and parameters is the one recorded beside it, and redone
+otherwise. Settings that change how fast the work runs, not what it produces (worker counts, device,
+progress bars), are never part of the fingerprint.
 """
 
 from __future__ import annotations
@@ -10,9 +17,10 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -25,6 +33,14 @@ def _current_umask() -> int:
 
 _UMASK = _current_umask()
 
+#: The mark in every temporary name this module makes: ``.<target name>.tmp-<random>[suffix]``.
+TEMP_MARK = ".tmp-"
+
+
+def temp_prefix(path: str | os.PathLike) -> str:
+    """The prefix of the temporary names made for ``path`` (``.<name>.tmp-``), beside it."""
+    return f".{Path(path).name}{TEMP_MARK}"
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
@@ -35,7 +51,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix if suffix is not None else path.suffix,
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=suffix if suffix is not None else path.suffix,
                                dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -46,6 +62,53 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary directory beside ``path``; it replaces ``path`` (a directory) only if the block succeeds.
+
+    Readers see the old directory or the whole new one, never a partly written one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path), dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes it private; datasets are meant to be browsed
+    try:
+        yield tmp
+        if path.is_dir() and not path.is_symlink():
+            # move the old one aside first, so the new one lands by one rename
+            old = Path(tempfile.mkdtemp(prefix=temp_prefix(path), dir=path.parent))
+            os.replace(path, old / path.name)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def sweep_temps(directory: str | os.PathLike, name_prefix: str = "", recursive: bool = False) -> list[Path]:
+    """Remove the temporary files and directories (``.<name>.tmp-*``) left in ``directory`` by killed runs.
+
+    ``name_prefix`` narrows the sweep to temporaries of targets whose name starts with it (e.g. one
+    section's files), so a run sweeps only what it owns. Returns what was removed. Call it only where no
+    other writer is working on the same targets at the same time.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    pattern = f".{name_prefix}*{TEMP_MARK}*"
+    found = directory.rglob(pattern) if recursive else directory.glob(pattern)
+    removed = []
+    for entry in sorted(found, key=lambda p: len(p.parts), reverse=True):
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        elif entry.exists() or entry.is_symlink():
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
 
 
 def _json_default(obj: Any) -> Any:
@@ -109,3 +172,30 @@ def fingerprint(*parts: Any) -> str:
         else:
             h.update(json.dumps(part, sort_keys=True, default=_json_default).encode())
     return h.hexdigest()[:16]
+
+
+#: Parameters that decide how fast work runs, never what it produces: left out of every fingerprint.
+RUN_ONLY_PARAMS = frozenset({"workers", "num_workers", "device", "progress", "block", "part", "overwrite"})
+
+
+def work_fingerprint(params: Mapping[str, Any], *inputs: Any) -> str:
+    """The fingerprint of one piece of work: its parameters (minus :data:`RUN_ONLY_PARAMS`) and its inputs.
+
+    ``inputs`` are JSON-serialisable descriptions of what the work reads (file identities, tables);
+    the same parameters and inputs give the same fingerprint in every process and on every machine.
+    """
+    kept = {k: v for k, v in params.items() if k not in RUN_ONLY_PARAMS}
+    return fingerprint(kept, *inputs)
+
+
+def is_reusable(record: str | os.PathLike, fp: str, outputs: Iterable[str | os.PathLike] = ()) -> bool:
+    """The resume rule: True when ``record`` (a JSON file written last, after the outputs) holds ``fp``
+    under ``"fingerprint"`` and every path in ``outputs`` exists; False means redo the work."""
+    record = Path(record)
+    if not record.is_file() or not all(Path(p).exists() for p in outputs):
+        return False
+    try:
+        data = read_json(record)
+    except (ValueError, OSError):
+        return False  # a damaged record is work to redo, not an error
+    return isinstance(data, dict) and data.get("fingerprint") == fp

@@ -13,9 +13,9 @@ step can be tested on hand-made geometry and called from a notebook:
    (a square grown around the bounding-box centre into the neighbours) and :func:`multi_region_labels`
    (neighbours of which more than 80 % lies inside a square crop).
 
-:func:`prepare_regions` runs this over every section of an atlas in parallel, writes one parquet shard per
-section (a rerun skips finished sections) and combines them into ``manifest.parquet``, ``labels.json``,
-``report.json`` and open_clip CSV views.
+:func:`prepare_regions` runs this over every section of an atlas on the preparation engine
+(:mod:`cytoclip.prepare.engine`: parallel, resumable per section, atomic), which combines the sections into
+``manifest.parquet``, ``labels.json``, ``report.json`` and open_clip CSV views.
 
 Default thresholds (the paper gives no numbers; all values are in 16 µm/px pixels):
 
@@ -33,7 +33,6 @@ from __future__ import annotations
 import math
 import os
 from collections import Counter, defaultdict
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -44,10 +43,12 @@ import shapely
 from PIL import Image
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
-from shapely.geometry import Polygon, box as shapely_box
-from cytoclip.progress import tqdm
+from shapely.geometry import box as shapely_box
 
-from cytoclip.io import atomic_path, fingerprint, read_json, write_json
+from cytoclip.atlas import polygonal as _polygonal
+from cytoclip.io import atomic_path
+from cytoclip.prepare import engine
+from cytoclip.prepare.engine import MANIFEST_COLUMNS, Kind, label_table, section_key, write_openclip_csvs
 
 DEFAULT_MIN_AREA = 400.0
 DEFAULT_MIN_AREA_PERIMETER_RATIO = 3.0
@@ -55,13 +56,10 @@ DEFAULT_PART_DISTANCE = 32.0
 MULTI_REGION_THRESHOLD = 0.8
 BACKGROUND = 255  # the slides' background is white; crops beyond the image and masked pixels take it
 
-
-# Manifest columns (docs/architecture.md): the trainer, evaluation and notebooks read these names.
-MANIFEST_COLUMNS = [
-    "path", "image_type", "label", "label_id", "caption", "acronym", "ontology_path",
-    "multi_labels", "multi_label_ids", "mask_path", "specimen", "section", "age_gw", "plane",
-    "x0", "y0", "x1", "y1", "mpp", "part", "n_parts", "area_px", "overlap", "split",
-]
+__all__ = ["MANIFEST_COLUMNS", "KIND", "prepare_regions", "regions_from_annotations", "merge_regions",
+           "group_parts", "shape_rejection", "exact_box", "square_box", "crop", "polygon_mask", "apply_mask",
+           "multi_region_labels", "section_rows", "image_name", "section_key", "label_table",
+           "write_openclip_csvs"]
 
 
 # ----------------------------------------------------------------------------------------------- geometry
@@ -119,15 +117,6 @@ def merge_regions(annotations: Mapping[int, Any], mapping: Mapping[int, int | No
         if not g.is_empty:
             merged[label] = g
     return merged, sorted(excluded), sorted(unknown)
-
-
-def _polygonal(geom):
-    """The polygonal part of a geometry (drops the points and lines a union or repair may leave)."""
-    parts = [p for p in shapely.get_parts(geom) if p.geom_type in ("Polygon", "MultiPolygon") and not p.is_empty]
-    polys = [q for p in parts for q in shapely.get_parts(p)]
-    if not polys:
-        return Polygon()
-    return polys[0] if len(polys) == 1 else shapely.multipolygons(polys)
 
 
 def group_parts(geometry, max_distance: float) -> list:
@@ -284,8 +273,8 @@ def multi_region_labels(primary_label_id: int, bbox: Box, regions: Sequence[Regi
 # --------------------------------------------------------------------------------------------- one section
 
 def image_name(specimen: int, section: int | str, label_id: int, part: int, image_type: str) -> str:
-    """Deterministic file name of one crop (relative to the dataset dir)."""
-    return f"images/{image_type}/S{specimen}_{section}_L{label_id}_p{part}_{image_type}.png"
+    """Deterministic file name of one crop (relative to the dataset dir); it starts with the section key."""
+    return f"images/{image_type}/{section_key(specimen, section)}_L{label_id}_p{part}_{image_type}.png"
 
 
 def _save_png(array: np.ndarray, path: Path) -> None:
@@ -294,7 +283,7 @@ def _save_png(array: np.ndarray, path: Path) -> None:
 
 
 def section_rows(image: np.ndarray, found: SectionRegions, labels: Mapping[int, Mapping[str, str]],
-                 provenance: Mapping[str, Any], out_dir: str | os.PathLike,
+                 provenance: Mapping[str, Any], output_dir: str | os.PathLike,
                  square_sides: Sequence[int] = (224, 336), mpp: float = 16,
                  write_images: bool = True) -> list[dict]:
     """Crop every kept region of one section, save the PNGs and return one manifest row per image.
@@ -302,7 +291,7 @@ def section_rows(image: np.ndarray, found: SectionRegions, labels: Mapping[int, 
     ``image`` is the whole section at ``mpp`` (RGB uint8); ``labels`` maps label id -> ``{"label", "acronym",
     "ontology_path"}``; ``provenance`` holds ``specimen, section, age_gw, plane``.
     """
-    out_dir = Path(out_dir)
+    out_dir = Path(output_dir)
     height, width = image.shape[:2]
     rows = []
     for r in found.regions:
@@ -347,233 +336,120 @@ def section_rows(image: np.ndarray, found: SectionRegions, labels: Mapping[int, 
     return rows
 
 
-def section_key(specimen: int, section: Any) -> str:
-    """The shard / report key of a section, e.g. ``S1_1009``."""
-    return f"S{int(specimen)}_{section}"
-
-
 def _rows_frame(rows: list[dict]) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     frame["section"] = frame["section"].astype(np.int64)
     return frame
 
 
-def _process_section(task: dict) -> dict:
-    """Worker: read one section, make its crops, write its shard. Never raises: failures are returned."""
-    from cytoclip.atlas import Atlas  # imported in the worker: keeps module import light
-
-    key = task["key"]
-    try:
-        section = Atlas(task["atlas_root"]).section(task["specimen"], task["section"])
-        mpp = task["params"]["mpp"]
-        annotations = section.annotations(mpp=mpp)
-        report = dict(getattr(section, "annotation_report", {}) or {})
-        width, height = section.size(mpp)
-        image = section.read_region(0, 0, width, height, mpp=mpp)
-        found = regions_from_annotations(annotations, task["mapping"], task["params"]["min_area"],
-                                         task["params"]["min_area_perimeter_ratio"],
-                                         task["params"]["part_distance"])
-        provenance = {"specimen": section.specimen, "section": int(section.section),
-                      "age_gw": section.age_gw, "plane": section.plane}
-        rows = section_rows(image, found, task["labels"], provenance, task["out_dir"],
-                            task["params"]["square_sides"], mpp)
-    except Exception as exc:  # a corrupt TIFF or bad annotation skips this section only
-        return {"key": key, "ok": False, "reason": f"{type(exc).__name__}: {exc}"}
+def _process_section(section, key: str, params: dict, context: dict, output_dir: Path) -> tuple[pd.DataFrame, dict]:
+    """The engine's work unit: one section's crops (written under ``output_dir``) and manifest rows."""
+    mpp = params["mpp"]
+    annotations = section.annotations(mpp=mpp)
+    width, height = section.size(mpp)
+    image = section.read_region(0, 0, width, height, mpp=mpp)
+    found = regions_from_annotations(annotations, context["mapping"], params["min_area"],
+                                     params["min_area_perimeter_ratio"], params["part_distance"])
+    provenance = {"specimen": section.specimen, "section": int(section.section),
+                  "age_gw": section.age_gw, "plane": section.plane}
+    rows = section_rows(image, found, context["labels"], provenance, output_dir, params["square_sides"], mpp)
     stats = {
-        "key": key, "fingerprint": task["fingerprint"], "n_regions": len(found.regions),
-        "excluded_ids": found.excluded_ids, "unknown_ids": found.unknown_ids,
-        "removed": {rule: {str(k): v for k, v in c.items()} for rule, c in found.removed.items()},
-        "repaired": [int(i) for i in report.get("repaired", [])],
-        "annotation_unknown_ids": [int(i) for i in report.get("unknown_ids", [])],
-        "empty": [int(i) for i in report.get("empty", [])],
+        "n_regions": len(found.regions), "excluded_ids": found.excluded_ids, "unknown_ids": found.unknown_ids,
+        # by label name, so the report needs no label table (a merge of parts has none)
+        "removed": {rule: _by_name(c, context["labels"]) for rule, c in found.removed.items()},
     }
-    shard_dir = Path(task["out_dir"]) / "shards"
-    write_json(shard_dir / f"{key}.json", stats)
-    # The parquet shard is written last: its presence marks the section as finished for a rerun.
-    with atomic_path(shard_dir / f"{key}.parquet") as tmp:
-        _rows_frame(rows).to_parquet(tmp, index=False)
-    return {"key": key, "ok": True}
+    return _rows_frame(rows), stats
 
 
-def _shard_done(out_dir: Path, key: str, fp: str) -> bool:
-    pq, js = out_dir / "shards" / f"{key}.parquet", out_dir / "shards" / f"{key}.json"
-    if not (pq.exists() and js.exists()):
-        return False
-    try:
-        return read_json(js).get("fingerprint") == fp
-    except ValueError:
-        return False
+def _by_name(counts: Mapping[int, int], labels: Mapping[int, Mapping[str, str]]) -> dict[str, int]:
+    out: Counter = Counter()
+    for label_id, n in counts.items():
+        out[labels[label_id]["label"]] += int(n)
+    return dict(out)
+
+
+def _debris(output_dir: Path, specimen: int, section: int) -> list[tuple[Path, str]]:
+    """Where one section's crops live (``images/<type>/S<sp>_<sec>_...``): swept of a killed run's temporaries."""
+    images = Path(output_dir) / "images"
+    prefix = f"{section_key(specimen, section)}_"
+    return [(d, prefix) for d in sorted(images.iterdir()) if d.is_dir()] if images.is_dir() else []
+
+
+def _summary(manifest: pd.DataFrame, records: list[dict], params: dict, context: dict) -> dict:
+    """The regions report's own entries: what each rule removed, excluded ids, images per label and split."""
+    removed: dict[str, Counter] = {"small_area": Counter(), "narrow": Counter()}
+    excluded: Counter = Counter()
+    for r in records:
+        s = r["stats"]
+        for rule, per_label in s["removed"].items():
+            for lab, n in per_label.items():
+                removed.setdefault(rule, Counter())[lab] += n
+        excluded.update(s["excluded_ids"])
+    per_label_split = (manifest[manifest["image_type"] == "exact"].assign(split=manifest["split"].fillna("none"))
+                       .groupby(["label", "split"]).size() if len(manifest) else pd.Series(dtype=int))
+    return {
+        "n_regions": int(sum(r["stats"]["n_regions"] for r in records)),
+        "removed": {rule: {"total": int(sum(c.values())), "per_label": dict(sorted(c.items()))}
+                    for rule, c in removed.items()},
+        "excluded_ids": {"total": int(sum(excluded.values())),
+                         "per_id": {str(k): int(v) for k, v in sorted(excluded.items())}},
+        "exact_images_per_label_split": {f"{lab}/{s}": int(n) for (lab, s), n in per_label_split.items()},
+    }
+
+
+#: The whole-region dataset as a kind of the preparation engine.
+KIND = Kind(name="regions", columns=MANIFEST_COLUMNS, process=_process_section, debris=_debris, summary=_summary)
+
+#: Parameters that change a section's crops (the rest only change the combined manifest's split column).
+SECTION_PARAMS = ("spec", "min_area", "min_area_perimeter_ratio", "part_distance", "square_sides", "mpp",
+                  "image_format")
 
 
 # ----------------------------------------------------------------------------------------------- dataset
 
-def label_table(onto, label_ids: Iterable[int]) -> dict[int, dict[str, str]]:
-    """label id -> ``{"label": name, "acronym", "ontology_path"}`` from the ontology."""
-    out = {}
-    for i in sorted(set(int(x) for x in label_ids)):
-        node = onto[i]
-        out[i] = {"label": onto.name(i), "acronym": getattr(node, "acronym", "") or "",
-                  "ontology_path": onto.path_name(i)}
-    return out
-
-
-def write_openclip_csvs(manifest: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
-    """Write ``openclip_<image_type>_<split>.csv`` views (``filepath`` absolute, ``title`` = caption).
-
-    open_clip's training script reads them with ``--csv-img-key filepath --csv-caption-key title
-    --csv-separator ,``.
-    """
-    out_dir = Path(out_dir).resolve()
-    written = []
-    for (image_type, split), group in manifest.dropna(subset=["split"]).groupby(["image_type", "split"]):
-        view = pd.DataFrame({"filepath": [str(out_dir / p) for p in group["path"]],
-                             "title": group["caption"].to_numpy()})
-        path = out_dir / f"openclip_{image_type}_{split}.csv"
-        with atomic_path(path) as tmp:
-            view.to_csv(tmp, index=False)
-        written.append(path)
-    return written
-
-
-def prepare_regions(atlas_root: str | os.PathLike, out_dir: str | os.PathLike, spec: str = "lowres",
+def prepare_regions(atlas: Any, output_dir: str | os.PathLike, spec: str = "lowres",
                     min_area: float = DEFAULT_MIN_AREA,
                     min_area_perimeter_ratio: float = DEFAULT_MIN_AREA_PERIMETER_RATIO,
                     part_distance: float = DEFAULT_PART_DISTANCE,
                     square_sides: Sequence[int] = (224, 336), mpp: float = 16, workers: int | None = None,
                     seed: int = 0, image_format: str = "png", split_scheme: str = "sections",
-                    val_fraction: float = 0.2) -> Path:
-    """Build the whole-region dataset of an atlas into ``out_dir`` and return ``out_dir``.
+                    val_fraction: float = 0.2, sections: Any = None, part: str | None = None) -> Path:
+    """Build the whole-region dataset of an atlas into ``output_dir`` and return ``output_dir``.
 
-    Sections run in parallel (``workers`` processes; ``None`` = CPU count, ``<= 1`` = in this process).
-    Each finished section leaves ``shards/<key>.parquet``; a rerun with the same parameters skips those.
-    Sections that fail to read (corrupt TIFF, missing or invalid annotation) are listed with the reason in
-    ``report.json`` and skipped. The ``split`` column follows ``split_scheme`` (paper III-F by default).
+    ``atlas``: a local path, an fsspec URL (``s3://...``) or an open ``Atlas``. Runs on the preparation engine
+    (:mod:`cytoclip.prepare.engine`): sections in parallel (``workers`` processes; ``None`` = CPU count,
+    ``<= 1`` = in this process), each finished section kept as ``shards/<key>.parquet`` + its record and
+    reused by a rerun with the same parameters and input files. Sections that cannot be read (corrupt or
+    damaged TIFF, missing or invalid annotation, specimen missing from ``specimens.csv``) are listed with
+    the reason in ``report.json`` and skipped. ``sections`` picks some (specimen, section) pairs; ``part="i/N"``
+    prepares a share for :func:`cytoclip.prepare.engine.merge`. The ``split`` column follows ``split_scheme``
+    (paper III-F by default).
     """
-    from cytoclip.atlas import Atlas
+    from cytoclip.atlas import open_atlas
     from cytoclip.ontology import load_merge_spec, merge_map
-    from cytoclip.splits import assign_split
 
-    if image_format.lower() != "png":
+    if str(image_format).lower() != "png":
         # PNG keeps the crops lossless; the sources are JPEG-compressed already (paper III-A).
         raise ValueError(f"image_format: only 'png' is supported, got {image_format!r}")
-    if min_area < 0 or min_area_perimeter_ratio < 0:
+    if not (min_area >= 0 and min_area_perimeter_ratio >= 0):
         raise ValueError("min_area and min_area_perimeter_ratio: expected values >= 0")
+    if not part_distance >= 0:
+        raise ValueError(f"part_distance: expected a distance >= 0 pixels, got {part_distance}")
+    if not (float(mpp) > 0 and math.isfinite(float(mpp))):
+        raise ValueError(f"mpp: expected a positive resolution in µm/px, got {mpp!r}")
     square_sides = tuple(int(s) for s in square_sides)
     if any(s <= 0 for s in square_sides):
         raise ValueError(f"square_sides: expected positive pixel sizes, got {square_sides}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if not 0.0 < float(val_fraction) < 1.0:
+        raise ValueError(f"val_fraction: expected a fraction in (0, 1), got {val_fraction!r}")
 
-    atlas = Atlas(atlas_root)
-    onto = atlas.ontology
+    atlas = open_atlas(atlas)
     merge_spec = load_merge_spec(spec)
-    mapping = {int(k): (None if v is None else int(v)) for k, v in merge_map(onto, merge_spec).items()}
-    labels = label_table(onto, (v for v in mapping.values() if v is not None))
+    mapping = {int(k): (None if v is None else int(v)) for k, v in merge_map(atlas.ontology, merge_spec).items()}
+    labels = label_table(atlas.ontology, (v for v in mapping.values() if v is not None))
     params = {"spec": str(spec), "min_area": float(min_area),
               "min_area_perimeter_ratio": float(min_area_perimeter_ratio), "part_distance": float(part_distance),
               "square_sides": list(square_sides), "mpp": float(mpp), "image_format": "png"}
-    fp = fingerprint(params, mapping)
-
-    sections = atlas.sections()
-    skipped: dict[str, str] = {}
-    tasks = []
-    for rec in sections.itertuples(index=False):
-        key = section_key(rec.specimen, rec.section)
-        ann = getattr(rec, "annotation", None)
-        if ann is None or (isinstance(ann, float) and math.isnan(ann)) or ann == "":
-            skipped[key] = (f"annotation: no annotation file for this section (expected "
-                            f"Specimen_{int(rec.specimen)}_{rec.section}.json beside its TIFF)")
-            continue
-        if _shard_done(out_dir, key, fp):
-            continue
-        tasks.append({"key": key, "atlas_root": str(atlas_root), "specimen": int(rec.specimen),
-                      "section": rec.section, "params": params, "mapping": mapping, "labels": labels,
-                      "out_dir": str(out_dir), "fingerprint": fp})
-
-    n_workers = (os.cpu_count() or 1) if workers is None else int(workers)
-    results = []
-    progress = tqdm(total=len(tasks), desc="prepare regions", unit="section")
-    if n_workers <= 1 or len(tasks) <= 1:
-        for t in tasks:
-            results.append(_process_section(t))
-            progress.update()
-    else:
-        with ProcessPoolExecutor(max_workers=min(n_workers, len(tasks))) as pool:
-            futures = {pool.submit(_process_section, t): t["key"] for t in tasks}
-            for fut in as_completed(futures):
-                try:
-                    results.append(fut.result())
-                except Exception as exc:  # a worker that died (e.g. out of memory) costs only its section
-                    results.append({"key": futures[fut], "ok": False,
-                                    "reason": f"worker failed: {type(exc).__name__}: {exc}"})
-                progress.update()
-    progress.close()
-    for res in results:
-        if not res["ok"]:
-            skipped[res["key"]] = res["reason"]
-
-    return _combine(out_dir, sections, fp, params, labels, skipped, split_scheme, seed, val_fraction,
-                    assign_split, atlas_root)
-
-
-def _combine(out_dir: Path, sections: pd.DataFrame, fp: str, params: dict, labels: dict, skipped: dict,
-             split_scheme: str, seed: int, val_fraction: float, assign_split, atlas_root) -> Path:
-    """Join the shards of the current parameters into the manifest, labels, report and CSV views."""
-    frames, stats = [], []
-    for rec in sections.itertuples(index=False):
-        key = section_key(rec.specimen, rec.section)
-        if key in skipped or not _shard_done(out_dir, key, fp):
-            continue
-        frames.append(pd.read_parquet(out_dir / "shards" / f"{key}.parquet"))
-        stats.append(read_json(out_dir / "shards" / f"{key}.json"))
-    frames = [f for f in frames if len(f)]
-    manifest = pd.concat(frames, ignore_index=True) if frames else _rows_frame([])
-    manifest["multi_label_ids"] = manifest["multi_label_ids"].map(lambda v: [int(x) for x in v])
-    manifest["multi_labels"] = manifest["multi_labels"].map(lambda v: [str(x) for x in v])
-    if len(manifest):
-        manifest["split"] = assign_split(manifest, split_scheme, seed=seed, val_fraction=val_fraction)
-    with atomic_path(out_dir / "manifest.parquet") as tmp:
-        manifest.to_parquet(tmp, index=False)
-
-    present = sorted(set(manifest["label_id"].astype(int))) if len(manifest) else []
-    class_names = sorted({labels[i]["label"] for i in present})
-    write_json(out_dir / "labels.json", {
-        "class_names": class_names,
-        "labels": [{"label_id": i, **labels[i],
-                    "n_images": int((manifest["label_id"] == i).sum())} for i in present],
-    })
-
-    removed: dict[str, dict[str, int]] = {"small_area": Counter(), "narrow": Counter()}
-    excluded, unknown = Counter(), Counter()
-    repaired = {}
-    for s in stats:
-        for rule, per_label in s["removed"].items():
-            for lab, n in per_label.items():
-                removed[rule][labels[int(lab)]["label"]] += n
-        excluded.update(s["excluded_ids"])
-        unknown.update(s["unknown_ids"] + s.get("annotation_unknown_ids", []))
-        if s.get("repaired"):
-            repaired[s["key"]] = s["repaired"]
-    by_split = (manifest.assign(split=manifest["split"].fillna("none"))
-                .groupby(["image_type", "split"]).size() if len(manifest) else pd.Series(dtype=int))
-    per_label_split = (manifest[manifest["image_type"] == "exact"].assign(split=manifest["split"].fillna("none"))
-                       .groupby(["label", "split"]).size() if len(manifest) else pd.Series(dtype=int))
-    report = {
-        "dataset": "regions", "atlas_root": str(atlas_root), "params": params, "fingerprint": fp,
-        "split_scheme": split_scheme, "seed": seed, "val_fraction": val_fraction,
-        "n_sections": int(len(sections)), "n_sections_used": len(stats), "n_images": int(len(manifest)),
-        "n_regions": int(sum(s["n_regions"] for s in stats)), "n_labels": len(class_names),
-        "removed": {rule: {"total": int(sum(c.values())), "per_label": dict(sorted(c.items()))}
-                    for rule, c in removed.items()},
-        "excluded_ids": {"total": int(sum(excluded.values())),
-                         "per_id": {str(k): int(v) for k, v in sorted(excluded.items())}},
-        "unknown_ids": {str(k): int(v) for k, v in sorted(unknown.items())},
-        "repaired": repaired,
-        "skipped": dict(sorted(skipped.items())),
-        "images_per_type_split": {f"{t}/{s}": int(n) for (t, s), n in by_split.items()},
-        "exact_images_per_label_split": {f"{lab}/{s}": int(n) for (lab, s), n in per_label_split.items()},
-    }
-    write_json(out_dir / "report.json", report)
-    write_openclip_csvs(manifest, out_dir)
-    return out_dir
-
+    return engine.run(KIND, atlas, output_dir, params, {"mapping": mapping, "labels": labels},
+                      section_params=SECTION_PARAMS, workers=workers, sections=sections,
+                      split_scheme=split_scheme, seed=seed, val_fraction=val_fraction, part=part)

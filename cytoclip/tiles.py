@@ -8,8 +8,9 @@ The steps, each callable on its own from a notebook:
 3. :func:`label_tiles` gives each box the leaf structure covering the largest share of it, if that share
    exceeds ``min_overlap`` (40 % in the paper), else ``-1``. :func:`label_tiles_naive` is the per-tile
    reference loop it is tested and benchmarked against.
-4. :func:`prepare_tiles` runs the above per section (in parallel over sections), reads the kept tiles in
-   blocks from the pyramid, writes them as JPEG files and a manifest (columns in ``docs/architecture.md``).
+4. :func:`prepare_tiles` runs the above per section on the preparation engine (:mod:`cytoclip.prepare.engine`:
+   parallel over sections, resumable, atomic), reads the kept tiles in blocks from the pyramid, writes them as
+   JPEG files and a manifest (columns in ``docs/architecture.md``).
 
 Exactness of :func:`label_tiles`: it computes the exact polygon/box intersection areas (GEOS rectangle
 clipping or overlay, double precision) for every (tile, region) pair that meets, found with an STR-tree;
@@ -20,11 +21,8 @@ and a share of 41 % or 39 % is decided exactly.
 
 from __future__ import annotations
 
+import math
 import os
-import shutil
-import tempfile
-import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -32,9 +30,11 @@ import numpy as np
 import pandas as pd
 import shapely
 from PIL import Image
-from cytoclip.progress import tqdm
 
-from cytoclip.io import atomic_path, read_json, write_json
+from cytoclip.io import atomic_dir
+from cytoclip.ontology import load_merge_spec, merge_map
+from cytoclip.prepare import engine
+from cytoclip.prepare.engine import Kind, label_table
 
 __all__ = [
     "MANIFEST_COLUMNS",
@@ -46,15 +46,11 @@ __all__ = [
     "leaf_regions",
     "leaf_label_map",
     "prepare_tiles",
+    "KIND",
 ]
 
 #: Manifest columns of docs/architecture.md, then the tile-only extras (grid row/col, tissue fraction).
-MANIFEST_COLUMNS = [
-    "path", "image_type", "label", "label_id", "caption", "acronym", "ontology_path",
-    "multi_labels", "multi_label_ids", "mask_path", "specimen", "section", "age_gw", "plane",
-    "x0", "y0", "x1", "y1", "mpp", "part", "n_parts", "area_px", "overlap", "split",
-    "row", "col", "tissue",
-]
+MANIFEST_COLUMNS = [*engine.MANIFEST_COLUMNS, "row", "col", "tissue"]
 
 _IMAGE_FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG"}
 
@@ -285,12 +281,6 @@ def leaf_regions(annotations: Mapping[int, Any], label_map: Mapping[int, int | N
 # ------------------------------------------------------------------------------------------ prepare
 
 
-def _open_atlas(root: str | os.PathLike):
-    from cytoclip.atlas import Atlas  # imported lazily: the atlas reader pulls tifffile/imagecodecs
-
-    return Atlas(root)
-
-
 def leaf_label_map(onto, merge_spec: str = "identity") -> dict[int, int | None]:
     """Every ontology id -> the leaf label its annotation counts for, or ``None`` (not a leaf label).
 
@@ -299,8 +289,6 @@ def leaf_label_map(onto, merge_spec: str = "identity") -> dict[int, int | None]:
     are exactly the ontology's leaves (paper III-C: tiles are compared against leaf-level structures);
     a parent drawn as itself therefore labels no tile.
     """
-    from cytoclip.ontology import load_merge_spec, merge_map
-
     mapping = merge_map(onto, load_merge_spec(merge_spec))
     leaves = {t for t in set(mapping.values()) - {None}
               if all(mapping[d] in (None, t) for d in onto.descendants(t))}
@@ -309,14 +297,6 @@ def leaf_label_map(onto, merge_spec: str = "identity") -> dict[int, int | None]:
 
 def _label_map(onto, merge_spec: str) -> dict[int, int | None]:
     return leaf_label_map(onto, merge_spec)
-
-
-def _section_key(specimen: Any, section: Any) -> str:
-    return f"specimen_{specimen}_{section}"
-
-
-def _empty_manifest() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype=object) for c in MANIFEST_COLUMNS})
 
 
 def _subsample(n: int, max_n: int | None, seed: int, specimen: Any, section: Any) -> np.ndarray:
@@ -329,7 +309,7 @@ def _subsample(n: int, max_n: int | None, seed: int, specimen: Any, section: Any
     return np.sort(rng.choice(n, size=int(max_n), replace=False))
 
 
-def _read_tiles_in_blocks(section, boxes: np.ndarray, tile: int, mpp: float, block: int, progress: bool):
+def _read_tiles_in_blocks(section, boxes: np.ndarray, tile: int, mpp: float, block: int):
     """Yield ``(index, tile image)`` for ``boxes``, reading ``block`` x ``block``-tile windows at a time.
 
     Reading a window of neighbouring tiles (a band of tile rows, cut into column chunks to bound memory)
@@ -339,7 +319,7 @@ def _read_tiles_in_blocks(section, boxes: np.ndarray, tile: int, mpp: float, blo
     groups: dict[tuple[int, int], list[int]] = {}
     for k, (r, c) in enumerate(zip(rows.tolist(), cols.tolist())):
         groups.setdefault((r // block, c // block), []).append(k)
-    for (_, _), members in tqdm(sorted(groups.items()), desc="blocks", leave=False, enabled=progress):
+    for (_, _), members in sorted(groups.items()):
         sel = boxes[members]
         bx0, by0 = int(sel[:, 0].min()), int(sel[:, 1].min())
         bx1, by1 = int(sel[:, 2].max()), int(sel[:, 3].max())
@@ -351,27 +331,16 @@ def _read_tiles_in_blocks(section, boxes: np.ndarray, tile: int, mpp: float, blo
             yield k, window[y0 - by0:y1 - by0, x0 - bx0:x1 - bx0]
 
 
-def _prepare_section(task: dict) -> dict:
-    """Tile, label and write one section; returns its stats (or an ``error``). Runs in a worker process."""
-    t0 = time.perf_counter()
-    sp, sec = task["specimen"], task["section"]
-    key = _section_key(sp, sec)
-    try:
-        return _prepare_section_inner(task, t0)
-    except Exception as exc:  # a corrupt section is reported and skipped, the others go on
-        return {"specimen": sp, "section": sec, "key": key, "error": f"{type(exc).__name__}: {exc}"}
+def _tile_dir(specimen: int, section: int) -> Path:
+    """The folder of one section's tiles, relative to the dataset dir."""
+    return Path("tiles") / f"specimen_{int(specimen)}" / str(int(section))
 
 
-def _prepare_section_inner(task: dict, t0: float) -> dict:
-    p = task["params"]
-    out_dir = Path(task["out_dir"])
-    sp, sec = task["specimen"], task["section"]
-    key = _section_key(sp, sec)
+def _process_section(section, key: str, params: dict, context: dict, output_dir: Path) -> tuple[pd.DataFrame, dict]:
+    """The engine's work unit: tile, label and write one section; returns its manifest rows and counts."""
+    p = params
+    sp, sec = int(section.specimen), int(section.section)
     tile, mpp = int(p["tile"]), float(p["mpp"])
-
-    atlas = _open_atlas(task["atlas_root"])
-    onto = atlas.ontology
-    section = atlas.section(sp, sec)
     width, height = (int(v) for v in section.size(mpp))
     boxes = tile_grid(width, height, tile)
 
@@ -380,7 +349,7 @@ def _prepare_section_inner(task: dict, t0: float) -> dict:
     frac = tissue_fraction(mask, boxes, (mask.shape[1] / width, mask.shape[0] / height))
     is_tissue = frac >= p["min_tissue"]
 
-    regions = leaf_regions(section.annotations(mpp=mpp), _label_map(onto, p["merge_spec"]))
+    regions = leaf_regions(section.annotations(mpp=mpp), context["label_map"])
     tissue_idx = np.flatnonzero(is_tissue)
     labels, overlap = label_tiles(boxes[tissue_idx], regions, p["min_overlap"])
     labelled = labels >= 0
@@ -389,42 +358,32 @@ def _prepare_section_inner(task: dict, t0: float) -> dict:
     kept_boxes = boxes[tissue_idx[keep]]
     kept_labels, kept_overlap, kept_frac = labels[keep], overlap[keep], frac[tissue_idx[keep]]
 
-    # tiles go to a temporary folder renamed into place at the end: a section's images appear all at once
-    rel_dir = Path("tiles") / f"specimen_{sp}" / str(sec)
-    final_dir = out_dir / rel_dir
-    final_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{sec}.", dir=final_dir.parent))
-    os.chmod(tmp_dir, 0o755)  # mkdtemp makes it private; the dataset is meant to be browsed
+    # the section's tiles go to a temporary folder renamed into place at the end: they appear all at once
+    rel_dir = _tile_dir(sp, sec)
     ext = p["image_format"]
     fmt = _IMAGE_FORMATS[ext]
     save_kw = {"quality": 90} if fmt == "JPEG" else {}
     names = [f"{int(b[1]) // tile}_{int(b[0]) // tile}.{ext}" for b in kept_boxes]
-    try:
-        for k, img in _read_tiles_in_blocks(section, kept_boxes, tile, mpp, p["block"], task["progress"]):
+    with atomic_dir(output_dir / rel_dir) as tmp_dir:
+        for k, img in _read_tiles_in_blocks(section, kept_boxes, tile, mpp, p["block"]):
             Image.fromarray(np.ascontiguousarray(img[..., :3])).save(tmp_dir / names[k], format=fmt, **save_kw)
-        if final_dir.exists():  # leftovers of an interrupted run of this section
-            shutil.rmtree(final_dir)
-        os.replace(tmp_dir, final_dir)
-    finally:
-        if tmp_dir.exists():
-            shutil.rmtree(tmp_dir)
 
-    names_by_id = {lid: onto.name(lid) for lid in np.unique(kept_labels).tolist() if lid >= 0}
-    area = {lid: float(regions[lid].area) for lid in names_by_id}
-    label_names = [names_by_id.get(int(l), "") for l in kept_labels]
+    meta = context["labels"]
+    label_names = [meta[int(l)]["label"] if l >= 0 else "" for l in kept_labels]
+    area = {lid: float(regions[lid].area) for lid in set(kept_labels.tolist()) if lid >= 0}
     df = pd.DataFrame({
         "path": [str(rel_dir / nm) for nm in names],
         "image_type": "tile",
         "label": label_names,
         "label_id": kept_labels.astype(np.int64),
         "caption": label_names,
-        "acronym": [onto[int(l)].acronym if l >= 0 else "" for l in kept_labels],
-        "ontology_path": [onto.path_name(int(l)) if l >= 0 else "" for l in kept_labels],
+        "acronym": [meta[int(l)]["acronym"] if l >= 0 else "" for l in kept_labels],
+        "ontology_path": [meta[int(l)]["ontology_path"] if l >= 0 else "" for l in kept_labels],
         "multi_labels": [[nm] if nm else [] for nm in label_names],
         "multi_label_ids": [[int(l)] if l >= 0 else [] for l in kept_labels],
         "mask_path": "",
-        "specimen": int(sp) if str(sp).isdigit() else sp,
-        "section": sec,
+        "specimen": np.int64(sp),
+        "section": np.int64(sec),
         "age_gw": float(section.age_gw),
         "plane": str(section.plane),
         "x0": kept_boxes[:, 0].astype(np.int64), "y0": kept_boxes[:, 1].astype(np.int64),
@@ -440,9 +399,8 @@ def _prepare_section_inner(task: dict, t0: float) -> dict:
         "tissue": kept_frac,
     }, columns=MANIFEST_COLUMNS)
 
-    counts = pd.Series(label_names)[kept_labels >= 0].value_counts()
+    counts = pd.Series(label_names, dtype=object)[kept_labels >= 0].value_counts()
     stats = {
-        "specimen": sp, "section": sec, "key": key,
         "width": width, "height": height,
         "grid_tiles": int(len(boxes)),
         "background": int((~is_tissue).sum()),
@@ -451,73 +409,63 @@ def _prepare_section_inner(task: dict, t0: float) -> dict:
         "unlabelled": int((~labelled).sum()),
         "written": int(len(df)),
         "labels": {str(k): int(v) for k, v in counts.items()},
-        "seconds": round(time.perf_counter() - t0, 3),
     }
-    shards = out_dir / "shards"
-    write_json(shards / f"{key}.json", stats)
-    with atomic_path(shards / f"{key}.parquet") as tmp:  # the parquet shard marks the section as done
-        df.to_parquet(tmp, index=False)
-    return stats
+    return df, stats
 
 
-def _select_sections(atlas, sections) -> list[tuple[Any, Any]]:
-    table = atlas.sections()
-    if sections is None:
-        return [(r.specimen, r.section) for r in table.itertuples(index=False)]
-    if isinstance(sections, pd.DataFrame):
-        missing = {"specimen", "section"} - set(sections.columns)
-        if missing:
-            raise ValueError(f"sections: expected a DataFrame with columns specimen, section; missing {missing}")
-        return [(r.specimen, r.section) for r in sections.itertuples(index=False)]
-    known = {(str(r.specimen), str(r.section)): (r.specimen, r.section) for r in table.itertuples(index=False)}
-    chosen = []
-    for item in sections:
-        try:
-            sp, sec = item
-        except (TypeError, ValueError):
-            raise ValueError(f"sections: expected (specimen, section) pairs, got {item!r}") from None
-        if (str(sp), str(sec)) not in known:
-            raise ValueError(f"sections: specimen {sp} section {sec} is not in the atlas")
-        chosen.append(known[(str(sp), str(sec))])
-    return chosen
+def _debris(output_dir: Path, specimen: int, section: int) -> list[tuple[Path, str]]:
+    """Where one section's tile folder is renamed into place (a killed run leaves ``.<SEC>.tmp-*`` there)."""
+    rel = _tile_dir(specimen, section)
+    return [(Path(output_dir) / rel.parent, rel.name)]
 
 
-def _assign_split(manifest: pd.DataFrame, seed: int) -> pd.Series:
-    try:
-        from cytoclip.splits import assign_split
-    except ImportError:  # splits.py lands separately; until then the split column stays empty
-        return pd.Series([None] * len(manifest), index=manifest.index, dtype=object)
-    return assign_split(manifest, "tiles", seed)
+def _summary(manifest: pd.DataFrame, records: list[dict], params: dict, context: dict) -> dict:
+    """The tiles report's own entries: tile counts per rule over all sections, tiles per label."""
+    totals = {k: int(sum(r["stats"][k] for r in records)) for k in
+              ("grid_tiles", "background", "tissue", "labelled", "unlabelled", "written")}
+    labelled = manifest[manifest["label_id"].astype(np.int64) >= 0] if len(manifest) else manifest
+    counts = labelled["label"].value_counts() if len(labelled) else pd.Series(dtype=int)
+    return {"image_type": "tile", "totals": totals, "labels": {str(k): int(v) for k, v in counts.items()}}
 
 
-def prepare_tiles(atlas_root: str | os.PathLike, out_dir: str | os.PathLike, tile: int = 224, mpp: float = 2,
+#: The tiles dataset as a kind of the preparation engine.
+KIND = Kind(name="tiles", columns=MANIFEST_COLUMNS, process=_process_section, debris=_debris, summary=_summary)
+
+#: Parameters that change a section's tiles (``block`` only changes how fast they are read).
+SECTION_PARAMS = ("tile", "mpp", "min_overlap", "min_tissue", "keep_unlabelled", "seed", "max_tiles_per_section",
+                  "image_format", "tissue_mpp", "merge_spec")
+
+
+def prepare_tiles(atlas: Any, output_dir: str | os.PathLike, tile: int = 224, mpp: float = 2,
                   min_overlap: float = 0.4, min_tissue: float = 0.5, keep_unlabelled: bool = False,
                   workers: int | None = None, seed: int = 0, sections: Iterable | pd.DataFrame | None = None,
                   max_tiles_per_section: int | None = None, image_format: str = "jpg",
                   tissue_mpp: float = 32, merge_spec: str = "identity", block: int = 8,
-                  overwrite: bool = False) -> Path:
-    """Prepare the high-resolution tile dataset of an atlas (paper III-C) into ``out_dir``; returns ``out_dir``.
+                  split_scheme: str = "tiles", val_fraction: float = 0.2, part: str | None = None) -> Path:
+    """Prepare the high-resolution tile dataset of an atlas (paper III-C) into ``output_dir``; returns it.
 
-    Per section (in parallel over sections with ``workers`` processes; ``1`` runs in this process):
-    grid of ``tile`` px tiles at ``mpp`` µm/px, tissue tiles (tissue fraction >= ``min_tissue`` on a
-    ``tissue_mpp`` thumbnail), labelled by the leaf structure (``merge_spec="identity"``) covering more than
-    ``min_overlap`` of the tile; unlabelled tissue tiles are kept only with ``keep_unlabelled`` (label ``""``,
-    id -1). ``max_tiles_per_section`` draws a reproducible random subset (``seed``). Tiles are read from the
-    pyramid ``block`` x ``block`` tiles at a time and saved (JPEG quality 90, or PNG) as
-    ``tiles/specimen_<N>/<SEC>/<row>_<col>.<ext>``.
+    ``atlas``: a local path, an fsspec URL (``s3://...``, ``memory://...``) or an open ``Atlas``.
+    Per section (on the preparation engine, :mod:`cytoclip.prepare.engine`: ``workers`` processes, ``1`` runs
+    in this process): grid of ``tile`` px tiles at ``mpp`` µm/px, tissue tiles (tissue fraction >=
+    ``min_tissue`` on a ``tissue_mpp`` thumbnail), labelled by the leaf structure (``merge_spec="identity"``)
+    covering more than ``min_overlap`` of the tile; unlabelled tissue tiles are kept only with
+    ``keep_unlabelled`` (label ``""``, id -1). ``max_tiles_per_section`` draws a reproducible random subset
+    (``seed``). Tiles are read from the pyramid ``block`` x ``block`` tiles at a time and saved (JPEG
+    quality 90, or PNG) as ``tiles/specimen_<N>/<SEC>/<row>_<col>.<ext>``.
 
     Output: ``manifest.parquet`` (columns ``MANIFEST_COLUMNS``; boxes in ``mpp`` px; ``split`` from
-    ``cytoclip.splits.assign_split(manifest, "tiles", seed)``), ``labels.json``, ``report.json`` (per-section
-    counts, label counts, skipped sections with reasons) and open_clip CSV views ``openclip_tile_<split>.csv``
-    (``filepath`` absolute, ``title``). Finished sections are kept as ``shards/*.parquet`` and skipped on a
-    rerun with the same parameters (a corrupt section is reported, skipped, and retried on the next run).
+    ``cytoclip.splits.assign_split(manifest, split_scheme, seed, val_fraction)``, None for unlabelled tiles),
+    ``labels.json``, ``report.json`` (the engine's report: per-section counts, skips, repairs, unknown ids and
+    empty geometries; tile totals and label counts) and open_clip CSV views ``openclip_tile_<split>.csv``.
+    A finished section is reused by a rerun with the same parameters and input files and redone otherwise.
 
     Scale: one file per tile suits the synthetic and demo atlases, where random reads of small JPEGs are
     fast enough. For the real atlas (~4.3 M tiles) write the same rows into webdataset tar shards of a
-    few thousand tiles each (``<key>.jpg`` + ``<key>.txt`` caption, ~1 GB per shard, grouped by section
-    so the split can pick shards) and train from those with open_clip's ``--dataset-type webdataset``.
+    few thousand tiles each (``<key>.jpg`` + ``<key>.txt`` caption, grouped by section so the split can
+    pick shards) and train from those with open_clip's ``--dataset-type webdataset``.
     """
-    atlas_root, out_dir = Path(atlas_root), Path(out_dir)
+    from cytoclip.atlas import open_atlas
+
     ext = str(image_format).lower()
     if ext not in _IMAGE_FORMATS:
         raise ValueError(f"image_format: expected one of {sorted(_IMAGE_FORMATS)}, got {image_format!r}")
@@ -529,116 +477,23 @@ def prepare_tiles(atlas_root: str | os.PathLike, out_dir: str | os.PathLike, til
         raise ValueError(f"max_tiles_per_section: expected a positive count or None, got {max_tiles_per_section!r}")
     if int(block) < 1:
         raise ValueError(f"block: expected a positive number of tiles per read window, got {block!r}")
+    if int(tile) < 1:
+        raise ValueError(f"tile: expected a positive tile size in pixels, got {tile!r}")
+    for name, value in (("mpp", mpp), ("tissue_mpp", tissue_mpp)):
+        if not (float(value) > 0 and math.isfinite(float(value))):
+            raise ValueError(f"{name}: expected a positive resolution in µm/px, got {value!r}")
+    if not 0.0 < float(val_fraction) < 1.0:
+        raise ValueError(f"val_fraction: expected a fraction in (0, 1), got {val_fraction!r}")
     params = {
         "tile": int(tile), "mpp": float(mpp), "min_overlap": float(min_overlap), "min_tissue": float(min_tissue),
         "keep_unlabelled": bool(keep_unlabelled), "seed": int(seed),
         "max_tiles_per_section": None if max_tiles_per_section is None else int(max_tiles_per_section),
         "image_format": ext, "tissue_mpp": float(tissue_mpp), "merge_spec": str(merge_spec), "block": int(block),
     }
-
-    atlas = _open_atlas(atlas_root)
-    chosen = _select_sections(atlas, sections)
-    shards = out_dir / "shards"
-    params_file = shards / "params.json"
-    if params_file.exists():
-        old = read_json(params_file)
-        changed = {k: (old.get(k), v) for k, v in params.items() if old.get(k) != v and k != "block"}
-        if changed and not overwrite:
-            raise ValueError(f"{params_file}: {out_dir} was prepared with other parameters "
-                             f"({', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in changed.items())}); "
-                             "choose another out_dir or pass overwrite=True")
-        if changed:
-            shutil.rmtree(shards)
-            shutil.rmtree(out_dir / "tiles", ignore_errors=True)
-    write_json(params_file, params)
-
-    todo, done = [], []
-    for sp, sec in chosen:
-        key = _section_key(sp, sec)
-        if (shards / f"{key}.parquet").exists() and (shards / f"{key}.json").exists():
-            done.append(read_json(shards / f"{key}.json"))
-        else:
-            todo.append({"specimen": sp, "section": sec, "atlas_root": str(atlas_root), "out_dir": str(out_dir),
-                         "params": params, "progress": False})
-    n_workers = min(int(workers) if workers else (os.cpu_count() or 1), max(len(todo), 1))
-    results: list[dict] = []
-    bar = tqdm(total=len(todo), desc="tiles: sections", unit="section")
-    if n_workers <= 1:
-        for task in todo:
-            task["progress"] = True
-            results.append(_prepare_section(task))
-            bar.update()
-    else:
-        with ProcessPoolExecutor(max_workers=n_workers) as pool:
-            futures = [pool.submit(_prepare_section, task) for task in todo]
-            for fut in as_completed(futures):
-                results.append(fut.result())
-                bar.update()
-    bar.close()
-
-    stats = done + [r for r in results if "error" not in r]
-    skipped = [{"specimen": r["specimen"], "section": r["section"], "reason": r["error"]}
-               for r in results if "error" in r]
-    _combine(atlas_root, out_dir, stats, skipped, params, resumed=len(done))
-    return out_dir
-
-
-def _combine(atlas_root: Path, out_dir: Path, stats: list[dict], skipped: list[dict], params: dict,
-             resumed: int) -> None:
-    """Concatenate the section shards into the manifest and write labels, CSV views and the report."""
-    stats = sorted(stats, key=lambda s: (str(s["specimen"]), str(s["section"])))
-    frames = [pd.read_parquet(out_dir / "shards" / f"{s['key']}.parquet") for s in stats]
-    frames = [f for f in frames if len(f)]
-    manifest = pd.concat(frames, ignore_index=True) if frames else _empty_manifest()
-    if len(manifest):
-        manifest["multi_labels"] = manifest["multi_labels"].map(lambda v: [str(x) for x in v])
-        manifest["multi_label_ids"] = manifest["multi_label_ids"].map(lambda v: [int(x) for x in v])
-        split = _assign_split(manifest, params["seed"]).to_numpy(dtype=object)
-        split[manifest["label_id"].to_numpy() < 0] = None  # kept unlabelled tiles train nothing
-        manifest["split"] = split
-    with atomic_path(out_dir / "manifest.parquet") as tmp:
-        manifest.to_parquet(tmp, index=False)
-
-    labelled = manifest[manifest["label_id"].astype(np.int64) >= 0] if len(manifest) else manifest
-    table = (labelled.groupby(["label_id", "label", "acronym", "ontology_path"]).size()
-             .rename("n_images").reset_index().sort_values("label") if len(labelled) else pd.DataFrame())
-    write_json(out_dir / "labels.json", {
-        "class_names": sorted(table["label"]) if len(table) else [],
-        "image_type": "tile",
-        "merge_spec": params["merge_spec"],
-        "n_labels": int(len(table)),
-        "labels": [{"label_id": int(r.label_id), "label": r.label, "acronym": r.acronym,
-                    "path": r.ontology_path, "n_images": int(r.n_images)} for r in table.itertuples()],
-    })
-
-    csv_files = []
-    splits = labelled["split"] if len(labelled) else pd.Series(dtype=object)
-    for split in sorted({s for s in splits.dropna().unique()}):
-        rows = labelled[splits == split]
-        view = pd.DataFrame({"filepath": [str((out_dir / p).resolve()) for p in rows["path"]],
-                             "title": rows["caption"].to_numpy()})
-        target = out_dir / f"openclip_tile_{split}.csv"
-        with atomic_path(target) as tmp:
-            view.to_csv(tmp, index=False)
-        csv_files.append(target.name)
-
-    totals = {k: int(sum(s[k] for s in stats)) for k in
-              ("grid_tiles", "background", "tissue", "labelled", "unlabelled", "written")}
-    label_counts = labelled["label"].value_counts() if len(labelled) else pd.Series(dtype=int)
-    write_json(out_dir / "report.json", {
-        "image_type": "tile",
-        "synthetic": (atlas_root / "SYNTHETIC.md").exists(),
-        "atlas_root": str(atlas_root),
-        "params": params,
-        "n_images": int(len(manifest)),
-        "n_sections": len(stats),
-        "resumed_sections": resumed,
-        "totals": totals,
-        "n_labels": int(len(label_counts)),
-        "labels": {str(k): int(v) for k, v in label_counts.items()},
-        "splits": {str(k): int(v) for k, v in manifest["split"].value_counts(dropna=False).items()}
-        if len(manifest) else {},
-        "csv_views": csv_files,
-        "sections": [{k: v for k, v in s.items() if k != "labels"} for s in stats],
-        "skipped": skipped,
-    })
+    atlas = open_atlas(atlas)
+    onto = atlas.ontology
+    label_map = {int(k): (None if v is None else int(v)) for k, v in _label_map(onto, merge_spec).items()}
+    labels = label_table(onto, {v for v in label_map.values() if v is not None})
+    return engine.run(KIND, atlas, output_dir, params, {"label_map": label_map, "labels": labels},
+                      section_params=SECTION_PARAMS, workers=workers, sections=sections,
+                      split_scheme=split_scheme, seed=seed, val_fraction=val_fraction, part=part)

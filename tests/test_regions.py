@@ -336,7 +336,7 @@ def test_prepare_regions_bad_parameters(mini_atlas, tmp_path):
 def test_cli_prepare_regions(mini_atlas, tmp_path, capsys):
     from cytoclip.cli import main
 
-    rc = main(["prepare", "regions", "--atlas", str(mini_atlas), "--out", str(tmp_path / "cli"),
+    rc = main(["prepare", "regions", "--atlas", str(mini_atlas), "--output-dir", str(tmp_path / "cli"),
                "--workers", "1", "--square-sides", "224", "--min-area", "100"])
     assert rc == 0
     import pandas as pd
@@ -385,15 +385,15 @@ def test_cli_prepare_tiles_delegates_to_tiles_module(monkeypatch, tmp_path):
     real = cytoclip.tiles.prepare_tiles
     seen = {}
 
-    def fake(atlas_root, out_dir, **params):
-        seen.update(params, atlas_root=atlas_root)
-        write_json(Path(out_dir) / "report.json", {"n_images": 3, "skipped": []})
-        return Path(out_dir)
+    def fake(atlas, output_dir, **params):
+        seen.update(params, atlas=atlas)
+        write_json(Path(output_dir) / "report.json", {"n_images": 3, "skipped": {}})
+        return Path(output_dir)
 
     fake.__signature__ = inspect.signature(real)  # the CLI reads the options from the real signature
     monkeypatch.setattr(cytoclip.tiles, "prepare_tiles", fake)
-    rc = main(["prepare", "tiles", "--atlas", str(tmp_path), "--out", str(tmp_path / "t"), "--workers", "1",
+    rc = main(["prepare", "tiles", "--atlas", str(tmp_path), "--output-dir", str(tmp_path / "t"), "--workers", "1",
                "--min-overlap", "0.5", "--mpp", "2.5"])
     assert rc == 0
     assert seen["workers"] == 1 and seen["min_overlap"] == 0.5 and seen["mpp"] == 2.5
-    assert seen["atlas_root"] == tmp_path
+    assert seen["atlas"] == str(tmp_path)  # a string: an s3:// URL must reach the engine intact

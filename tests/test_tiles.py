@@ -11,6 +11,7 @@ import shapely
 from shapely.geometry import Polygon, box
 
 from cytoclip import tiles
+from cytoclip.io import read_json
 from cytoclip.tiles import (label_tiles, label_tiles_naive, leaf_regions, tile_grid, tissue_fraction,
                             tissue_mask)
 
@@ -209,6 +210,9 @@ class _FakeSection:
 
 
 class _FakeAtlas:
+    is_synthetic = True
+    url = "fake://atlas"
+
     def __init__(self, corrupt=()):
         self.ontology = _FakeOntology()
         self.corrupt = set(corrupt)
@@ -223,18 +227,16 @@ class _FakeAtlas:
 
 @pytest.fixture
 def fake_atlas(monkeypatch, tmp_path):
+    """A test double passed as ``atlas`` (open_atlas returns an open atlas as it is)."""
     state = {"atlas": _FakeAtlas()}
-    monkeypatch.setattr(tiles, "_open_atlas", lambda root: state["atlas"])
     monkeypatch.setattr(tiles, "_label_map", lambda onto, spec: {1: 1, 2: 2, 3: 3, 9: None})
-    (tmp_path / "atlas").mkdir()
-    (tmp_path / "atlas" / "SYNTHETIC.md").write_text("synthetic\n")
     return state
 
 
 def test_prepare_tiles_fake_atlas_manifest_files_resume(fake_atlas, tmp_path):
     from PIL import Image
 
-    out = tiles.prepare_tiles(tmp_path / "atlas", tmp_path / "ds", workers=1)
+    out = tiles.prepare_tiles(fake_atlas["atlas"], tmp_path / "ds", workers=1)
     m = pd.read_parquet(out / "manifest.parquet")
     assert list(m.columns) == tiles.MANIFEST_COLUMNS
     # per section: 12 tissue tiles (left 3 columns); region 3 covers column 2 fully; column 0 rows 2-3 are
@@ -250,43 +252,51 @@ def test_prepare_tiles_fake_atlas_manifest_files_resume(fake_atlas, tmp_path):
     img = Image.open(out / first["path"])
     assert img.size == (T, T) and img.format == "JPEG"
     assert first["path"] == "tiles/specimen_1/10/0_0.jpg"
-    report = tiles.read_json(out / "report.json")
+    report = read_json(out / "report.json")
     assert report["synthetic"] is True and report["totals"]["background"] == 36 and report["n_images"] == 30
     assert report["totals"]["labelled"] == 30 and report["totals"]["unlabelled"] == 6
-    assert report["labels"]["Ventricular zone"] == 12 and report["skipped"] == []
-    labels = tiles.read_json(out / "labels.json")
+    assert report["labels"]["Ventricular zone"] == 12 and report["skipped"] == {}
+    labels = read_json(out / "labels.json")
     assert [x["label"] for x in labels["labels"]] == ["Cortical plate", "Subplate", "Ventricular zone"]
     assert labels["class_names"] == ["Cortical plate", "Subplate", "Ventricular zone"]
-    assert (out / "shards" / "specimen_2_30.parquet").exists()
+    assert (out / "shards" / "S2_30.parquet").exists() and (out / "shards" / "S2_30.json").exists()
 
     # resume: a rerun reads the shards and writes no tile again
     mtime = (out / first["path"]).stat().st_mtime_ns
-    tiles.prepare_tiles(tmp_path / "atlas", tmp_path / "ds", workers=1)
+    tiles.prepare_tiles(fake_atlas["atlas"], tmp_path / "ds", workers=1)
     assert (out / first["path"]).stat().st_mtime_ns == mtime
-    assert tiles.read_json(out / "report.json")["resumed_sections"] == 3
+    assert read_json(out / "report.json")["resumed_sections"] == 3
     pd.testing.assert_frame_equal(pd.read_parquet(out / "manifest.parquet"), m)
 
-    with pytest.raises(ValueError, match="other parameters"):
-        tiles.prepare_tiles(tmp_path / "atlas", tmp_path / "ds", workers=1, min_overlap=0.5)
+    # other parameters: the one resume rule redoes every section (no error, no stale rows)
+    tiles.prepare_tiles(fake_atlas["atlas"], tmp_path / "ds", workers=1, max_tiles_per_section=4)
+    assert read_json(out / "report.json")["resumed_sections"] == 0
+    m2 = pd.read_parquet(out / "manifest.parquet")
+    assert len(m2) == 12 and all((out / p).exists() for p in m2["path"])
+    assert len(list((out / "tiles" / "specimen_1" / "10").iterdir())) == 4  # the section's folder was replaced
+    # the worker count is never part of the fingerprint
+    tiles.prepare_tiles(fake_atlas["atlas"], tmp_path / "ds", workers=3, max_tiles_per_section=4, block=2)
+    assert read_json(out / "report.json")["resumed_sections"] == 3
 
 
 def test_prepare_tiles_corrupt_section_skipped_and_subsampled(fake_atlas, tmp_path):
     fake_atlas["atlas"] = _FakeAtlas(corrupt={(1, 20)})
-    out = tiles.prepare_tiles(tmp_path / "atlas", tmp_path / "ds", workers=1, max_tiles_per_section=11,
+    out = tiles.prepare_tiles(fake_atlas["atlas"], tmp_path / "ds", workers=1, max_tiles_per_section=11,
                               keep_unlabelled=True, image_format="png", sections=[(1, 10), (1, 20)])
     m = pd.read_parquet(out / "manifest.parquet")
     assert len(m) == 11 and set(m["section"]) == {10} and (m["label_id"] < 0).sum() >= 1
     assert m.loc[m["label_id"] < 0, "split"].isna().all() and (m["label"] == "").sum() == (m["label_id"] < 0).sum()
-    report = tiles.read_json(out / "report.json")
-    assert report["skipped"][0]["section"] == 20 and "truncated" in report["skipped"][0]["reason"]
-    assert not (out / "shards" / "specimen_1_20.parquet").exists()  # retried on the next run
+    report = read_json(out / "report.json")
+    assert list(report["skipped"]) == ["S1_20"] and "truncated" in report["skipped"]["S1_20"]
+    assert report["sections"]["S1_20"]["status"] == "skipped"
+    assert not (out / "shards" / "S1_20.json").exists()  # retried on the next run
     assert not (out / "tiles" / "specimen_1" / "20").exists()  # nothing half-written
     # the corrupt section is fixed: a rerun prepares only it
     fake_atlas["atlas"] = _FakeAtlas()
-    tiles.prepare_tiles(tmp_path / "atlas", tmp_path / "ds", workers=1, max_tiles_per_section=11,
+    tiles.prepare_tiles(fake_atlas["atlas"], tmp_path / "ds", workers=1, max_tiles_per_section=11,
                         keep_unlabelled=True, image_format="png", sections=[(1, 10), (1, 20)])
-    report = tiles.read_json(out / "report.json")
-    assert report["resumed_sections"] == 1 and report["skipped"] == [] and report["n_sections"] == 2
+    report = read_json(out / "report.json")
+    assert report["resumed_sections"] == 1 and report["skipped"] == {} and report["n_sections"] == 2
 
 
 def test_prepare_tiles_section_without_tissue(fake_atlas, tmp_path):
@@ -295,10 +305,10 @@ def test_prepare_tiles_section_without_tissue(fake_atlas, tmp_path):
     blank.image[:] = 247
     atlas.section = lambda sp, sec: blank
     fake_atlas["atlas"] = atlas
-    out = tiles.prepare_tiles(tmp_path / "atlas", tmp_path / "ds", workers=1, sections=[(1, 10)])
+    out = tiles.prepare_tiles(fake_atlas["atlas"], tmp_path / "ds", workers=1, sections=[(1, 10)])
     assert len(pd.read_parquet(out / "manifest.parquet")) == 0
-    report = tiles.read_json(out / "report.json")
-    assert report["totals"]["background"] == 24 and report["n_images"] == 0 and report["skipped"] == []
+    report = read_json(out / "report.json")
+    assert report["totals"]["background"] == 24 and report["n_images"] == 0 and report["skipped"] == {}
 
 
 def test_prepare_tiles_bad_params(tmp_path):
@@ -350,9 +360,9 @@ def test_prepare_tiles_with_the_atlas_reader_in_worker_processes(layout_atlas, t
     assert set(m["label"]) == {onto.name(i) for i in leaves} and (m["age_gw"] == 24).all()
     assert m["ontology_path"].iloc[0] == onto.path_name(int(m["label_id"].iloc[0]))
     assert set(m["split"].dropna()) <= {"train", "val"} and m["split"].notna().any()
-    report = tiles.read_json(out / "report.json")
-    assert [(s["specimen"], s["section"]) for s in report["skipped"]] == [(2, 201)]
-    assert "201" in report["skipped"][0]["reason"] and report["totals"]["background"] == 2 * 18
+    report = read_json(out / "report.json")
+    assert list(report["skipped"]) == ["S2_201"]
+    assert "201" in report["skipped"]["S2_201"] and report["totals"]["background"] == 2 * 18
     # the tile image is the pyramid's pixels at 2 µm/px (JPEG round trips: compare loosely)
     row = m[(m["section"] == 101) & (m["row"] == 1) & (m["col"] == 2)].iloc[0]
     from cytoclip.atlas import Atlas
@@ -380,7 +390,7 @@ def test_prepare_tiles_on_smoke_synthetic_atlas(smoke_atlas, tmp_path):
     assert list(m.columns) == tiles.MANIFEST_COLUMNS
     assert 0 < len(m) <= 40 and (m["overlap"] > 0.4).all() and (m["label_id"] >= 0).all()
     assert all((out / p).exists() for p in m["path"])
-    report = tiles.read_json(out / "report.json")
+    report = read_json(out / "report.json")
     assert report["synthetic"] is True and report["n_sections"] == 2 and report["totals"]["background"] > 0
     tiles.prepare_tiles(smoke_atlas, tmp_path / "tiles", workers=1, sections=secs, max_tiles_per_section=20)
-    assert tiles.read_json(out / "report.json")["resumed_sections"] == 2
+    assert read_json(out / "report.json")["resumed_sections"] == 2

@@ -145,7 +145,7 @@ def run_cytoclip(dataset: Path, image_type: str, args, work: Path) -> dict:
     """``cytoclip.train.train`` for ``args.epochs`` epochs; steady rate = last epoch's images_per_s."""
     from cytoclip.train import TrainConfig, train
 
-    cfg = TrainConfig(dataset_dir=str(dataset), run_dir=str(work / "cytoclip-run"), model=args.model,
+    cfg = TrainConfig(dataset=str(dataset), run_dir=str(work / "cytoclip-run"), model=args.model,
                       image_type=image_type, epochs=args.epochs, batch_size=args.batch_size, lr=5e-4,
                       warmup_steps=10, num_workers=args.workers, seed=0, device=args.device,
                       precision="auto", val_every_epochs=0, resume=False, augment=not args.no_augment)
@@ -232,11 +232,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.dataset:
         dataset, label = Path(args.dataset), None
     else:
-        dataset, label = build_dataset(work / "data", args.images), "synthetic"
+        dataset, label = build_dataset(work / "data", args.images), "synthetic atlas"
     data = subset(dataset, args.image_type, args.images, work)
-    from cytoclip.evaluate import data_source
+    from cytoclip.provenance import data_label
 
-    label = label or data_source(dataset)
+    label = label or data_label(dataset)
     csv = data / f"openclip_{args.image_type}_train.csv"
 
     res = {"data": label, "device": str(device), "cytoclip_augment": not args.no_augment, "threads": args.threads, "workers": args.workers,

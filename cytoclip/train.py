@@ -441,40 +441,36 @@ def _seed_everything(seed: int) -> None:
 def zero_shot_validation(model: Any, dataset: torch.utils.data.Dataset, class_names: list[str], prompt: str,
                          batch_size: int, device: torch.device, num_workers: int = 0,
                          amp_dtype: torch.dtype | None = None) -> dict:
-    """Zero-shot accuracy and weighted F1 of ``model`` on ``dataset`` with the class names as texts
-    (``prompt`` formats each name; ``amp_dtype`` runs the encoders under autocast)."""
+    """Zero-shot accuracy and weighted F1 of ``model`` on ``dataset`` by the study's one zero-shot classifier
+    (:mod:`cytoclip.evaluate.zero_shot`), so the validation curve measures what the evaluation reports
+    (``device`` and ``amp_dtype`` are the model's own: it embeds under ``model.autocast``)."""
     from sklearn.metrics import f1_score
-    from cytoclip.progress import tqdm
 
-    def amp():
-        return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+    from cytoclip.evaluate import embed_images, text_classifier, zero_shot
 
     was_training = model.module.training
     model.eval()
     try:
-        with amp():
-            text = model.encode_text(model.tokenize([prompt.format(c) for c in class_names]).to(device)).float()
-        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                             collate_fn=_collate)
-        preds, truth = [], []
-        for images, _, labels in tqdm(loader, desc="zero-shot validation", leave=False, unit="batch"):
-            with amp():
-                emb = model.encode_image(images.to(device, non_blocking=True)).float()
-            preds.append((emb @ text.T).argmax(1).cpu())
-            truth.append(labels)
+        emb = embed_images(model, dataset, batch_size=batch_size, num_workers=num_workers,
+                           desc="zero-shot validation")
+        pred, _ = zero_shot(model, emb, class_names, text_emb=text_classifier(model, class_names, prompt))
     finally:
         model.train(was_training)
-    y_pred, y_true = torch.cat(preds).numpy(), torch.cat(truth).numpy()
-    return {"val_accuracy": float((y_pred == y_true).mean()),
-            "val_f1_weighted": float(f1_score(y_true, y_pred, average="weighted", zero_division=0)),
+    y_true = np.asarray(dataset.labels) if hasattr(dataset, "labels") else np.asarray([dataset[i][2]
+                                                                                       for i in range(len(dataset))])
+    return {"val_accuracy": float((pred == y_true).mean()),
+            "val_f1_weighted": float(f1_score(y_true, pred, average="weighted", zero_division=0)),
             "val_n": int(len(y_true))}
 
 
 # ============================================================================================ the trainer
 def _data_label(dataset_dir: Path) -> str:
-    from cytoclip.evaluate import data_source
+    from cytoclip.provenance import data_label
 
-    return data_source(dataset_dir)
+    try:
+        return data_label(dataset_dir)
+    except ValueError:  # a hand-made dataset that says nothing of its origin: recorded as such
+        return "unknown"
 
 
 def _write_logs(run_dir: Path, history: list[dict]) -> None:

@@ -80,7 +80,7 @@ def test_run_dir_contents_and_reload(dataset, tmp_path):
     run = train(_cfg(dataset, tmp_path / "run", epochs=1, log_every_steps=2))
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["epochs"] == 1 and cfg["resolved"]["precision"] == "fp32"
-    assert cfg["resolved"]["data"] == "synthetic"
+    assert cfg["resolved"]["data"] == "synthetic atlas"
     assert cfg["resolved"]["class_names"] == sorted(CLASSES[:4])
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in lines if r["kind"] == "epoch"]

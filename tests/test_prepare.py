@@ -70,6 +70,16 @@ def test_regions_redo_a_section_whose_input_file_changed(atlas_copy, tmp_path):
     assert read_json(out / "report.json")["resumed_sections"] == 4
 
 
+def test_regions_redo_with_other_parameters_leaves_no_stale_images(atlas_copy, tmp_path):
+    out = R.prepare_regions(atlas_copy, tmp_path / "out", workers=1)
+    assert any((out / "images" / "square336").iterdir())
+    R.prepare_regions(atlas_copy, out, workers=1, square_sides=(224,))
+    m = pd.read_parquet(out / "manifest.parquet")
+    assert set(m["image_type"]) == {"exact", "exact_mask", "square224"}
+    on_disk = {p.relative_to(out).as_posix() for p in (out / "images").rglob("*.png")}
+    assert on_disk == set(m["path"]) | set(m["mask_path"][m["mask_path"] != ""])
+
+
 # ------------------------------------------------------------------------------------------- debris
 
 def test_rerun_sweeps_temporaries_of_a_killed_regions_run(atlas_copy, tmp_path):

@@ -206,6 +206,7 @@ def run_section(task: dict) -> dict:
     key, sp, sec = task["key"], task["specimen"], task["section"]
     rows_path, record_path = _shard_paths(out, key)
     record_path.unlink(missing_ok=True)
+    old_files = _files_of(rows_path)  # a redo with other parameters must not leave the old images behind
     t0 = time.perf_counter()
     section = None
     try:
@@ -228,8 +229,21 @@ def run_section(task: dict) -> dict:
     }
     with atomic_path(rows_path) as tmp:
         rows.to_parquet(tmp, index=False)
+    for rel in old_files - _files_of(rows_path):
+        (out / rel).unlink(missing_ok=True)
     write_json(record_path, record)
     return {"key": key, "ok": True}
+
+
+def _files_of(rows_path: Path) -> set[str]:
+    """The image and mask files (relative paths) a section's rows name; empty when there are none."""
+    if not rows_path.is_file():
+        return set()
+    try:
+        frame = pd.read_parquet(rows_path, columns=["path", "mask_path"])
+    except Exception:  # a damaged shard names nothing we can trust; the redo overwrites what it writes
+        return set()
+    return {str(p) for col in ("path", "mask_path") for p in frame[col] if isinstance(p, str) and p}
 
 
 # ------------------------------------------------------------------------------------------- the pool

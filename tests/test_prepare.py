@@ -19,7 +19,7 @@ import pytest
 from cytoclip import regions as R
 from cytoclip import tiles as T
 from cytoclip.atlas import AtlasError
-from cytoclip.io import atomic_path, is_reusable, read_json, work_fingerprint, write_json
+from cytoclip.io import is_reusable, read_json, work_fingerprint, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -151,7 +151,7 @@ def _lost_levels(tif: Any, pages: list[Any]) -> str:
     w0 = pages[0].shape[1]
     found = {round(math.log2(w0 / p.shape[1])) for p in pages[1:]}
     missing = [k for k in range(1, declared + 1) if k not in found]
-    shown = ", ".join(f"level {k} (1/{2**k} of level 0)" for k in missing[: len(missing)])
+    shown = ", ".join(f"level {k} (1/{2**k} of level 0)" for k in missing)
     return f"{declared} reduced level(s) declared, {len(pages) - 1} readable; lost: {shown}"
 
 

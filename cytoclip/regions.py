@@ -35,7 +35,7 @@ import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -402,7 +402,7 @@ KIND = Kind(name="regions", columns=MANIFEST_COLUMNS, process=_process_section, 
 
 #: Parameters that change a section's crops (the rest only change the combined manifest's split column).
 SECTION_PARAMS = ("spec", "min_area", "min_area_perimeter_ratio", "part_distance", "square_sides", "mpp",
-                  "image_format")
+                  "image_format", "format", "shard_size")
 
 
 # ----------------------------------------------------------------------------------------------- dataset
@@ -413,7 +413,8 @@ def prepare_regions(atlas: Any, output_dir: str | os.PathLike, spec: str = "lowr
                     part_distance: float = DEFAULT_PART_DISTANCE,
                     square_sides: Sequence[int] = (224, 336), mpp: float = 16, workers: int | None = None,
                     seed: int = 0, image_format: str = "png", split_scheme: str = "sections",
-                    val_fraction: float = 0.2, sections: Any = None, part: str | None = None) -> Path:
+                    val_fraction: float = 0.2, sections: Any = None, part: str | None = None,
+                    format: str = "files", shard_size: int = engine.DEFAULT_SHARD_SIZE) -> Path:
     """Build the whole-region dataset of an atlas into ``output_dir`` and return ``output_dir``.
 
     ``atlas``: a local path, an fsspec URL (``s3://...``) or an open ``Atlas``. Runs on the preparation engine
@@ -423,7 +424,8 @@ def prepare_regions(atlas: Any, output_dir: str | os.PathLike, spec: str = "lowr
     damaged TIFF, missing or invalid annotation, specimen missing from ``specimens.csv``) are listed with
     the reason in ``report.json`` and skipped. ``sections`` picks some (specimen, section) pairs; ``part="i/N"``
     prepares a share for :func:`cytoclip.prepare.engine.merge`. The ``split`` column follows ``split_scheme``
-    (paper III-F by default).
+    (paper III-F by default). ``format="shards"`` writes WebDataset tars (``shard_size`` samples at most)
+    instead of PNG files (see :mod:`cytoclip.prepare.engine`).
     """
     from cytoclip.atlas import open_atlas
     from cytoclip.ontology import load_merge_spec, merge_map
@@ -449,7 +451,8 @@ def prepare_regions(atlas: Any, output_dir: str | os.PathLike, spec: str = "lowr
     labels = label_table(atlas.ontology, (v for v in mapping.values() if v is not None))
     params = {"spec": str(spec), "min_area": float(min_area),
               "min_area_perimeter_ratio": float(min_area_perimeter_ratio), "part_distance": float(part_distance),
-              "square_sides": list(square_sides), "mpp": float(mpp), "image_format": "png"}
+              "square_sides": list(square_sides), "mpp": float(mpp), "image_format": "png",
+              **engine.output_params(format, shard_size)}
     return engine.run(KIND, atlas, output_dir, params, {"mapping": mapping, "labels": labels},
                       section_params=SECTION_PARAMS, workers=workers, sections=sections,
                       split_scheme=split_scheme, seed=seed, val_fraction=val_fraction, part=part)

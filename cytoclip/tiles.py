@@ -433,7 +433,7 @@ KIND = Kind(name="tiles", columns=MANIFEST_COLUMNS, process=_process_section, de
 
 #: Parameters that change a section's tiles (``block`` only changes how fast they are read).
 SECTION_PARAMS = ("tile", "mpp", "min_overlap", "min_tissue", "keep_unlabelled", "seed", "max_tiles_per_section",
-                  "image_format", "tissue_mpp", "merge_spec")
+                  "image_format", "tissue_mpp", "merge_spec", "format", "shard_size")
 
 
 def prepare_tiles(atlas: Any, output_dir: str | os.PathLike, tile: int = 224, mpp: float = 2,
@@ -441,7 +441,8 @@ def prepare_tiles(atlas: Any, output_dir: str | os.PathLike, tile: int = 224, mp
                   workers: int | None = None, seed: int = 0, sections: Iterable | pd.DataFrame | None = None,
                   max_tiles_per_section: int | None = None, image_format: str = "jpg",
                   tissue_mpp: float = 32, merge_spec: str = "identity", block: int = 8,
-                  split_scheme: str = "tiles", val_fraction: float = 0.2, part: str | None = None) -> Path:
+                  split_scheme: str = "tiles", val_fraction: float = 0.2, part: str | None = None,
+                  format: str = "files", shard_size: int = engine.DEFAULT_SHARD_SIZE) -> Path:
     """Prepare the high-resolution tile dataset of an atlas (paper III-C) into ``output_dir``; returns it.
 
     ``atlas``: a local path, an fsspec URL (``s3://...``, ``memory://...``) or an open ``Atlas``.
@@ -459,10 +460,11 @@ def prepare_tiles(atlas: Any, output_dir: str | os.PathLike, tile: int = 224, mp
     empty geometries; tile totals and label counts) and open_clip CSV views ``openclip_tile_<split>.csv``.
     A finished section is reused by a rerun with the same parameters and input files and redone otherwise.
 
-    Scale: one file per tile suits the synthetic and demo atlases, where random reads of small JPEGs are
-    fast enough. For the real atlas (~4.3 M tiles) write the same rows into webdataset tar shards of a
-    few thousand tiles each (``<key>.jpg`` + ``<key>.txt`` caption, grouped by section so the split can
-    pick shards) and train from those with open_clip's ``--dataset-type webdataset``.
+    Scale: one file per tile (``format="files"``, the default) suits the synthetic and demo atlases. For the
+    real atlas (~4.3 M tiles) ``format="shards"`` writes WebDataset tars of at most ``shard_size`` tiles,
+    grouped by section (``<sample>.jpg``, ``<sample>.txt`` caption, ``<sample>.json`` manifest row), indexed
+    in ``shards.json``; open_clip reads them with ``--dataset-type webdataset``. ``part="i/N"`` prepares a
+    share of the sections on one machine of N; ``cytoclip prepare merge`` combines the shares.
     """
     from cytoclip.atlas import open_atlas
 
@@ -489,6 +491,7 @@ def prepare_tiles(atlas: Any, output_dir: str | os.PathLike, tile: int = 224, mp
         "keep_unlabelled": bool(keep_unlabelled), "seed": int(seed),
         "max_tiles_per_section": None if max_tiles_per_section is None else int(max_tiles_per_section),
         "image_format": ext, "tissue_mpp": float(tissue_mpp), "merge_spec": str(merge_spec), "block": int(block),
+        **engine.output_params(format, shard_size),
     }
     atlas = open_atlas(atlas)
     onto = atlas.ontology

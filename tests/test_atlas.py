@@ -362,3 +362,32 @@ def test_fsspec_url_reads_like_local(root):
     np.testing.assert_array_equal(s.read_region(300, 260, 64, 64, mpp=4.0), local.read_region(300, 260, 64, 64, mpp=4.0))
     assert set(s.annotations()) == set(local.annotations())
     assert "memory://" in s.annotation_report["path"]
+
+
+def test_damaged_pyramid_with_lost_levels_is_refused_naming_file_and_levels(tmp_path):
+    """A broken SubIFD offset makes tifffile drop that level with only a log line; the reader refuses the file
+    instead of reading from the surviving levels."""
+    import tifffile
+
+    img = np.random.default_rng(0).integers(0, 255, (512, 640, 3), dtype=np.uint8)
+    tif = layout.write_pyramid_tiff(tmp_path / "Specimen_1_1.tif", img, mpp0=2.0, tile=256, min_size=64)
+    assert len(Section(tif, None).levels) == 4
+    with tifffile.TiffFile(tif) as t:
+        offset = t.pages[0].tags["SubIFDs"].valueoffset
+    data = bytearray(tif.read_bytes())
+    data[offset + 4:offset + 8] = b"\xff\xff\xff\x7f"  # the second reduced level (4x)
+    tif.write_bytes(bytes(data))
+    with pytest.raises(AtlasError, match=r"Specimen_1_1\.tif: damaged pyramid, 3 reduced level\(s\) declared, "
+                                         r"\d readable; lost: level 2 \(1/4 of level 0\)"):
+        Section(tif, None).levels
+
+
+def test_open_atlas_takes_paths_urls_and_atlases(root):
+    from cytoclip.atlas import open_atlas
+
+    a = open_atlas(str(root))
+    assert isinstance(a, Atlas) and open_atlas(a) is a and open_atlas(root).url == str(root)
+    with pytest.raises(AtlasError, match="memory://none/here: atlas root not found"):
+        open_atlas("memory://none/here")
+    with pytest.raises(TypeError, match="atlas: expected a path"):
+        open_atlas(3)

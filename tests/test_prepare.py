@@ -19,7 +19,7 @@ import pytest
 from cytoclip import regions as R
 from cytoclip import tiles as T
 from cytoclip.atlas import AtlasError
-from cytoclip.io import atomic_path, is_reusable, read_json, work_fingerprint, write_json
+from cytoclip.io import is_reusable, read_json, work_fingerprint, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,6 +68,16 @@ def test_regions_redo_a_section_whose_input_file_changed(atlas_copy, tmp_path):
     assert shard.stat().st_mtime_ns != before["S1_10"]
     assert (out / "shards" / "S1_20.parquet").stat().st_mtime_ns == before["S1_20"]
     assert read_json(out / "report.json")["resumed_sections"] == 4
+
+
+def test_regions_redo_with_other_parameters_leaves_no_stale_images(atlas_copy, tmp_path):
+    out = R.prepare_regions(atlas_copy, tmp_path / "out", workers=1)
+    assert any((out / "images" / "square336").iterdir())
+    R.prepare_regions(atlas_copy, out, workers=1, square_sides=(224,))
+    m = pd.read_parquet(out / "manifest.parquet")
+    assert set(m["image_type"]) == {"exact", "exact_mask", "square224"}
+    on_disk = {p.relative_to(out).as_posix() for p in (out / "images").rglob("*.png")}
+    assert on_disk == set(m["path"]) | set(m["mask_path"][m["mask_path"] != ""])
 
 
 # ------------------------------------------------------------------------------------------- debris
@@ -303,3 +313,101 @@ def test_memory_atlas_can_be_tiled(mini_atlas, tmp_path):
                                       pd.read_parquet(disk / "manifest.parquet"))
     finally:
         fs.rm("/mini", recursive=True)
+
+
+# ------------------------------------------------------------------------------------------- parts, shards
+
+def _hash(dataset: Path) -> str:
+    import hashlib
+
+    m = pd.read_parquet(dataset / "manifest.parquet")
+    return hashlib.sha256(m.to_json(orient="records").encode()).hexdigest()
+
+
+def _same_dataset(a: Path, b: Path) -> None:
+    assert _hash(a) == _hash(b)
+    assert read_json(a / "labels.json") == read_json(b / "labels.json")
+    ra, rb = read_json(a / "report.json"), read_json(b / "report.json")
+    for k in ("n_images", "n_sections", "n_sections_used", "skipped", "repaired", "unknown_ids", "empty", "splits",
+              "params", "fingerprint"):
+        assert ra[k] == rb[k], k
+    assert {k: {f: v for f, v in s.items() if f != "resumed"} for k, s in ra["sections"].items()} == \
+        {k: {f: v for f, v in s.items() if f != "resumed"} for k, s in rb["sections"].items()}
+
+
+def test_parts_and_merge_equal_one_run(mini_atlas, tmp_path):
+    from cytoclip.cli import main
+    from cytoclip.prepare.engine import merge
+
+    one = R.prepare_regions(mini_atlas, tmp_path / "one", workers=1)
+    shared = tmp_path / "parts"  # the machines of a SLURM array write into one directory
+    for i in (1, 0):
+        assert main(["prepare", "regions", "--atlas", str(mini_atlas), "--output-dir", str(shared),
+                     "--workers", "1", "--part", f"{i}/2"]) == 0
+        assert not (shared / "manifest.parquet").exists()  # a part combines nothing
+    assert main(["prepare", "merge", "--output-dir", str(shared)]) == 0
+    _same_dataset(one, shared)
+    for csv in sorted(p.name for p in one.glob("openclip_*.csv")):
+        assert pd.read_csv(one / csv)["title"].tolist() == pd.read_csv(shared / csv)["title"].tolist()
+    (shared / "parts" / "part-1-of-2.json").unlink()
+    with pytest.raises(ValueError, match=r"part\(s\) \[1\] of 2 missing"):
+        merge(shared)
+
+
+def test_tiles_as_webdataset_shards(mini_atlas, tmp_path):
+    import webdataset as wds
+
+    out = T.prepare_tiles(mini_atlas, tmp_path / "wds", workers=2, format="shards", shard_size=16,
+                          max_tiles_per_section=20, keep_unlabelled=True)
+    m = pd.read_parquet(out / "manifest.parquet")
+    files = T.prepare_tiles(mini_atlas, tmp_path / "files", workers=1, max_tiles_per_section=20,
+                            keep_unlabelled=True)
+    f = pd.read_parquet(files / "manifest.parquet")
+    # the same rows as the per-file layout; only where the image lives differs
+    pd.testing.assert_frame_equal(m.drop(columns=["path", "shard", "key"]), f.drop(columns=["path"]))
+    assert not (out / "tiles").exists() and not list(out.glob("openclip_*.csv"))
+    index = read_json(out / "shards.json")
+    tars = [out / e["shard"] for e in index["shards"]]  # the index lists them in manifest order
+    assert sorted(tars) == sorted((out / "webdataset").glob("*.tar"))
+    assert len(tars) == 10 and sum(e["n_samples"] for e in index["shards"]) == len(m) == 100  # 20 = 16 + 4
+    assert all(e["shard"].startswith(f"webdataset/{e['section']}-") for e in index["shards"])  # grouped by section
+    samples = list(wds.WebDataset([str(t) for t in tars], shardshuffle=False).decode("pil"))
+    assert [s["__key__"] for s in samples] == m["key"].tolist()
+    by_key = m.set_index("key")
+    for s in samples[::7]:
+        row = by_key.loc[s["__key__"]]
+        assert s["jpg"].size == (224, 224) and s["txt"] == row["caption"]
+        assert s["json"]["label_id"] == row["label_id"] and s["json"]["path"] == row["path"]
+    # files and shards carry the same JPEG bytes
+    import tarfile
+
+    with tarfile.open(tars[0]) as tar:
+        member = tar.extractfile(f"{m['key'].iloc[0]}.jpg").read()
+    assert member == (files / f["path"].iloc[0]).read_bytes()
+    # resumable per section (a section's tars are its output), deterministic bytes
+    before = {t.name: (t.stat().st_mtime_ns, t.read_bytes()) for t in tars}
+    T.prepare_tiles(mini_atlas, out, workers=1, format="shards", shard_size=16, max_tiles_per_section=20,
+                    keep_unlabelled=True)
+    assert {t.name: (t.stat().st_mtime_ns, t.read_bytes()) for t in tars} == before
+    again = T.prepare_tiles(mini_atlas, tmp_path / "wds2", workers=1, format="shards", shard_size=16,
+                            max_tiles_per_section=20, keep_unlabelled=True)
+    assert {t.name: t.read_bytes() for t in sorted((again / "webdataset").glob("*.tar"))} == \
+        {k: v[1] for k, v in before.items()}
+    # other shard size: the section is redone and its old tars removed
+    T.prepare_tiles(mini_atlas, out, workers=1, format="shards", shard_size=50, max_tiles_per_section=20,
+                    keep_unlabelled=True)
+    assert len(list((out / "webdataset").glob("*.tar"))) == 5
+
+
+def test_shards_in_parts_merge_equal_one_run(mini_atlas, tmp_path):
+    from cytoclip.prepare.engine import merge
+
+    kw = dict(format="shards", shard_size=8, max_tiles_per_section=12, workers=1)
+    one = T.prepare_tiles(mini_atlas, tmp_path / "one", **kw)
+    for i in range(3):
+        T.prepare_tiles(mini_atlas, tmp_path / "parts", part=f"{i}/3", **kw)
+    merged = merge(tmp_path / "parts")
+    _same_dataset(one, merged)
+    assert read_json(one / "shards.json") == read_json(merged / "shards.json")
+    for t in (one / "webdataset").glob("*.tar"):
+        assert t.read_bytes() == (merged / "webdataset" / t.name).read_bytes()

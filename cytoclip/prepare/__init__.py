@@ -5,6 +5,14 @@ Both datasets are made by one engine (:mod:`cytoclip.prepare.engine`). ``regions
 are that function's plain keyword parameters (``max_tiles_per_section`` -> ``--max-tiles-per-section``), so the
 command follows the signature without a second list to keep in step. ``--atlas`` is a local path or an fsspec URL
 (``s3://...``), passed on as a string. Errors are raised (``AtlasError``, ``ValueError``) for the CLI layer to print.
+
+Across machines (a SLURM array; every task writes its share into one shared directory, then one merge)::
+
+    #SBATCH --array=0-15
+    cytoclip prepare tiles --atlas s3://dharani-fetal-brain-atlas --output-dir /shared/tiles \\
+        --format shards --workers $SLURM_CPUS_PER_TASK --part $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT
+    # after the array (sbatch --dependency=afterok:<array job id>):
+    cytoclip prepare merge --output-dir /shared/tiles
 """
 
 from __future__ import annotations
@@ -25,6 +33,8 @@ _HELP = {
     "mpp": "working resolution in um/px",
     "workers": "processes (default: CPU count; 1 = in this process)",
     "split_scheme": "split of the manifest's split column",
+    "format": "files: one image file per row; shards: WebDataset tars (see --shard-size)",
+    "shard_size": "samples per WebDataset tar at most (--format shards)",
     "part": "prepare only the share i of N (e.g. 0/4: every 4th section from the first); then `prepare merge`",
 }
 

@@ -13,7 +13,15 @@ section becomes manifest rows and image files; the engine does everything else, 
 - writes atomically: a section's rows (``shards/<key>.parquet``) and then its record (``shards/<key>.json``,
   written last: it marks the section finished); temporaries left by a killed run are swept by the next one;
 - combines the finished sections into ``manifest.parquet``, ``labels.json``, ``report.json`` (one shape for
-  every kind: per-section skips, repairs, unknown ids and empty geometries) and the open_clip CSV views.
+  every kind: per-section skips, repairs, unknown ids and empty geometries) and the open_clip CSV views;
+- ``format="shards"``: instead of one file per image, each section's images go into WebDataset tar shards
+  ``webdataset/<key>-<n>.tar`` (at most ``shard_size`` samples each; per sample ``<sample>.jpg|png``,
+  ``<sample>.txt`` = caption, ``<sample>.json`` = its manifest row, ``<sample>.mask.png`` for masks), written
+  deterministically and atomically inside the section's work unit, so a section and its shards resume
+  together. The manifest stays the description (``path`` = ``<shard>#<member>``, plus ``shard`` and ``key``
+  columns) and ``shards.json`` beside it indexes the shards;
+- ``part="i/N"``: a share of the sections (every N-th), for several machines writing into one directory;
+  :func:`merge` then combines them into exactly what one run writes.
 
 The section key is ``S<specimen>_<section>`` everywhere (shard names, report keys).
 """
@@ -27,6 +35,7 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -40,11 +49,13 @@ import numpy as np
 import pandas as pd
 
 from cytoclip.atlas import Atlas, AtlasError, open_atlas
-from cytoclip.io import (atomic_path, fingerprint, is_reusable, read_json, sweep_temps, work_fingerprint,
-                         write_json)
+from cytoclip.io import (TEMP_MARK, atomic_path, fingerprint, is_reusable, read_json, sweep_temps,
+                         work_fingerprint, write_json)
+from cytoclip.prepare.shards import DEFAULT_SHARD_SIZE, SHARD_COLUMNS, WDS, pack_shards, write_shard_index
 from cytoclip.progress import tqdm
 
-SHARDS = "shards"
+SHARDS = "shards"  # per-section rows and records (the resume unit); not the WebDataset shards
+FORMATS = ("files", "shards")
 
 #: Manifest columns of docs/architecture.md (every kind has them; a kind may add its own after them).
 MANIFEST_COLUMNS = [
@@ -116,6 +127,17 @@ def select_sections(table: pd.DataFrame, sections: Any = None) -> pd.DataFrame:
             raise ValueError(f"sections: specimen {sp} section {sec} is not in the atlas")
         rows.append(index[k])
     return table.iloc[sorted(set(rows))].reset_index(drop=True)
+
+
+def output_params(format: str, shard_size: int) -> dict:
+    """The validated output layout parameters: ``format`` files|shards (and ``shard_size`` for shards)."""
+    if format not in FORMATS:
+        raise ValueError(f"format: expected one of {list(FORMATS)}, got {format!r}")
+    if format == "files":
+        return {"format": "files"}
+    if int(shard_size) < 1:
+        raise ValueError(f"shard_size: expected a positive number of samples per tar, got {shard_size!r}")
+    return {"format": "shards", "shard_size": int(shard_size)}
 
 
 def parse_part(part: Any) -> tuple[int, int] | None:
@@ -206,18 +228,27 @@ def run_section(task: dict) -> dict:
     key, sp, sec = task["key"], task["specimen"], task["section"]
     rows_path, record_path = _shard_paths(out, key)
     record_path.unlink(missing_ok=True)
+    old_files = _files_of(rows_path)  # a redo with other parameters must not leave the old images behind
+    sharded = params.get("format", "files") == "shards"
     t0 = time.perf_counter()
-    section = None
+    section = stage = None
     try:
+        if sharded:  # images are staged in a temporary folder, then packed into the section's tars
+            (out / WDS).mkdir(parents=True, exist_ok=True)
+            stage = Path(tempfile.mkdtemp(prefix=f".{key}{TEMP_MARK}stage-", dir=out / WDS))
         section = atlas.section(sp, sec)
         check_resolution(section, params["mpp"])
-        rows, stats = kind.process(section, key, params, context, out)
+        rows, stats = kind.process(section, key, params, context, stage if sharded else out)
         ann = dict(getattr(section, "annotation_report", None) or {})
+        if sharded:
+            rows = pack_shards(rows, stage, out, key, int(params.get("shard_size", DEFAULT_SHARD_SIZE)))
     except Exception as exc:  # a corrupt TIFF or a bad annotation costs this section only
         return {"key": key, "ok": False, "reason": f"{type(exc).__name__}: {exc}"}
     finally:
         if section is not None and hasattr(section, "close"):
             section.close()
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
     unknown = sorted({int(i) for i in list(ann.get("unknown_ids", [])) + list(stats.pop("unknown_ids", []))})
     record = {
         "key": key, "specimen": int(sp), "section": int(sec), "fingerprint": task["fingerprint"],
@@ -228,8 +259,23 @@ def run_section(task: dict) -> dict:
     }
     with atomic_path(rows_path) as tmp:
         rows.to_parquet(tmp, index=False)
+    for rel in old_files - _files_of(rows_path):
+        (out / rel).unlink(missing_ok=True)
     write_json(record_path, record)
     return {"key": key, "ok": True}
+
+
+def _files_of(rows_path: Path) -> set[str]:
+    """The image and mask files (relative paths) a section's rows name; empty when there are none."""
+    if not rows_path.is_file():
+        return set()
+    try:
+        frame = pd.read_parquet(rows_path)
+    except Exception:  # a damaged shard names nothing we can trust; the redo overwrites what it writes
+        return set()
+    cols = [c for c in ("path", "mask_path", "shard") if c in frame.columns]
+    # a shards-format path is "<tar>#<member>": the file is the tar
+    return {str(p).split("#", 1)[0] for col in cols for p in frame[col] if isinstance(p, str) and p}
 
 
 # ------------------------------------------------------------------------------------------- the pool
@@ -350,7 +396,7 @@ def run(kind: Kind, atlas: Any, output_dir: str | os.PathLike, params: dict, con
         table = table.iloc[i::n].reset_index(drop=True)
         skipped = {k: v for k, v in skipped.items()
                    if k in {section_key(r.specimen, r.section) for r in table.itertuples(index=False)}}
-    base_fp = work_fingerprint({k: params[k] for k in section_params}, context)
+    base_fp = work_fingerprint({k: params[k] for k in section_params if k in params}, context)
     identity = getattr(atlas_obj, "section_identity", None)
     tasks, resumed = [], []
     for rec in table.itertuples(index=False):
@@ -397,7 +443,7 @@ def _sweep(kind: Kind, output_dir: Path, tasks: list[dict]) -> list[Path]:
     """Remove the temporaries killed runs left for the sections about to be (re)done, and nothing else."""
     by_dir: dict[Path, set[str]] = {}
     for t in tasks:
-        for directory, prefix in [(output_dir / SHARDS, t["key"] + "."),
+        for directory, prefix in [(output_dir / SHARDS, t["key"] + "."), (output_dir / WDS, t["key"]),
                                   *kind.debris(output_dir, t["specimen"], t["section"])]:
             by_dir.setdefault(Path(directory), set()).add(prefix)
     removed = []
@@ -473,9 +519,11 @@ def combine(kind: Kind, output_dir: Path, info: dict, keys: list[str], skipped: 
         records.append(read_json(record_path))
         frames.append(pd.read_parquet(rows_path))
     frames = [f for f in frames if len(f)]
+    sharded = info["params"].get("format", "files") == "shards"
+    columns = [*kind.columns, *(SHARD_COLUMNS if sharded else [])]
     manifest = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        {c: pd.Series(dtype=object) for c in kind.columns})
-    manifest = manifest[list(kind.columns)]
+        {c: pd.Series(dtype=object) for c in columns})
+    manifest = manifest[columns]
     if len(manifest):
         manifest = _clean_lists(manifest)
         split = assign_split(manifest, info["split_scheme"], seed=info["seed"],
@@ -495,7 +543,12 @@ def combine(kind: Kind, output_dir: Path, info: dict, keys: list[str], skipped: 
         "labels": [{"label_id": int(r.label_id), "label": r.label, "acronym": r.acronym,
                     "ontology_path": r.ontology_path, "n_images": int(r.n_images)} for r in table.itertuples()],
     })
-    csvs = write_openclip_csvs(manifest, output_dir)
+    # open_clip's CSV views name image files; shards are read with --dataset-type webdataset instead
+    if sharded:
+        write_shard_index(manifest, output_dir)
+        csvs: list[Path] = []
+    else:
+        csvs = write_openclip_csvs(manifest, output_dir)
 
     sections: dict[str, dict] = {}
     by_key = {r["key"]: r for r in records}

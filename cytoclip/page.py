@@ -20,7 +20,11 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["Page"]
+__all__ = ["Page", "TRAIN_PARAMS"]
+
+#: the notebook parameters that are :class:`cytoclip.train.TrainConfig` fields of the same name
+TRAIN_PARAMS = ("model", "image_size", "targets", "augment", "epochs", "batch_size", "lr", "weight_decay",
+                "warmup_steps", "num_workers", "prompt")
 
 
 @dataclass
@@ -61,6 +65,42 @@ class Page:
         self.data = data_label(atlas_or_dataset)
         self.results["data"] = self.data
         return self.data
+
+    @property
+    def device(self) -> str:
+        """The parameter ``device``, or cuda when available, else cpu."""
+        from cytoclip.workflow import default_device
+
+        return self.params.get("device") or default_device()
+
+    def study_data(self, kinds: list[str], show: bool = True) -> dict[str, Any]:
+        """The atlas and the prepared datasets of ``kinds`` from the page's parameters (built when missing), the
+        data label recorded, and (``show``) the page's opening lines and departures displayed."""
+        from cytoclip.workflow import study_data
+
+        p = self.params
+        data = study_data(p.get("source", "synthetic"), p.get("atlas"), p.get("atlas_profile"),
+                          p.get("data_dir", "data"), p.get("atlas_seed", 0), kinds=kinds,
+                          max_tiles_per_section=p.get("max_tiles_per_section"))
+        self.use_data(data["atlas"])
+        if show:
+            from IPython.display import Markdown, display
+
+            display(Markdown(self.markdown_intro()))
+            if self.departures:
+                display(self.departures_table())
+        return data
+
+    def train(self, dataset: str | os.PathLike, name: str, image_type: str, seed: int | None = None) -> Path:
+        """Train (or reuse) the run ``<runs_dir>/<profile>/<name>-seed<seed>`` of the page's training parameters
+        (:data:`TRAIN_PARAMS`) on ``dataset``; returns its directory."""
+        from cytoclip.workflow import ensure_run, run_dir_for
+
+        p = self.params
+        seed = int(p.get("seed", 0) if seed is None else seed)
+        return ensure_run(dataset=dataset, run_dir=run_dir_for(p.get("runs_dir", "runs"), self.profile, name, seed),
+                          image_type=image_type, seed=seed, device=self.device,
+                          **{k: p[k] for k in TRAIN_PARAMS if k in p})
 
     @property
     def synthetic(self) -> bool:

@@ -412,7 +412,7 @@ def prepare_regions(atlas: Any, output_dir: str | os.PathLike, spec: str = "lowr
                     min_area_perimeter_ratio: float = DEFAULT_MIN_AREA_PERIMETER_RATIO,
                     part_distance: float = DEFAULT_PART_DISTANCE,
                     square_sides: Sequence[int] = (224, 336), mpp: float = 16, workers: int | None = None,
-                    seed: int = 0, image_format: str = "png", split_scheme: str = "sections",
+                    seed: int = 0, image_format: str = "png", split: str = "sections",
                     val_fraction: float = 0.2, sections: Any = None, part: str | None = None,
                     format: str = "files", shard_size: int = engine.DEFAULT_SHARD_SIZE) -> Path:
     """Build the whole-region dataset of an atlas into ``output_dir`` and return ``output_dir``.
@@ -423,7 +423,7 @@ def prepare_regions(atlas: Any, output_dir: str | os.PathLike, spec: str = "lowr
     reused by a rerun with the same parameters and input files. Sections that cannot be read (corrupt or
     damaged TIFF, missing or invalid annotation, specimen missing from ``specimens.csv``) are listed with
     the reason in ``report.json`` and skipped. ``sections`` picks some (specimen, section) pairs; ``part="i/N"``
-    prepares a share for :func:`cytoclip.prepare.engine.merge`. The ``split`` column follows ``split_scheme``
+    prepares a share for :func:`cytoclip.prepare.engine.merge`. The ``split`` column follows ``split``
     (paper III-F by default). ``format="shards"`` writes WebDataset tars (``shard_size`` samples at most)
     instead of PNG files (see :mod:`cytoclip.prepare.engine`).
     """
@@ -455,4 +455,4 @@ def prepare_regions(atlas: Any, output_dir: str | os.PathLike, spec: str = "lowr
               **engine.output_params(format, shard_size)}
     return engine.run(KIND, atlas, output_dir, params, {"mapping": mapping, "labels": labels},
                       section_params=SECTION_PARAMS, workers=workers, sections=sections,
-                      split_scheme=split_scheme, seed=seed, val_fraction=val_fraction, part=part)
+                      split=split, seed=seed, val_fraction=val_fraction, part=part)

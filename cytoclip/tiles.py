@@ -441,7 +441,7 @@ def prepare_tiles(atlas: Any, output_dir: str | os.PathLike, tile: int = 224, mp
                   workers: int | None = None, seed: int = 0, sections: Iterable | pd.DataFrame | None = None,
                   max_tiles_per_section: int | None = None, image_format: str = "jpg",
                   tissue_mpp: float = 32, merge_spec: str = "identity", block: int = 8,
-                  split_scheme: str = "tiles", val_fraction: float = 0.2, part: str | None = None,
+                  split: str = "tiles", val_fraction: float = 0.2, part: str | None = None,
                   format: str = "files", shard_size: int = engine.DEFAULT_SHARD_SIZE) -> Path:
     """Prepare the high-resolution tile dataset of an atlas (paper III-C) into ``output_dir``; returns it.
 
@@ -455,7 +455,7 @@ def prepare_tiles(atlas: Any, output_dir: str | os.PathLike, tile: int = 224, mp
     quality 90, or PNG) as ``tiles/specimen_<N>/<SEC>/<row>_<col>.<ext>``.
 
     Output: ``manifest.parquet`` (columns ``MANIFEST_COLUMNS``; boxes in ``mpp`` px; ``split`` from
-    ``cytoclip.splits.assign_split(manifest, split_scheme, seed, val_fraction)``, None for unlabelled tiles),
+    ``cytoclip.splits.assign_split(manifest, split, seed, val_fraction)``, None for unlabelled tiles),
     ``labels.json``, ``report.json`` (the engine's report: per-section counts, skips, repairs, unknown ids and
     empty geometries; tile totals and label counts) and open_clip CSV views ``openclip_tile_<split>.csv``.
     A finished section is reused by a rerun with the same parameters and input files and redone otherwise.
@@ -499,4 +499,4 @@ def prepare_tiles(atlas: Any, output_dir: str | os.PathLike, tile: int = 224, mp
     labels = label_table(onto, {v for v in label_map.values() if v is not None})
     return engine.run(KIND, atlas, output_dir, params, {"label_map": label_map, "labels": labels},
                       section_params=SECTION_PARAMS, workers=workers, sections=sections,
-                      split_scheme=split_scheme, seed=seed, val_fraction=val_fraction, part=part)
+                      split=split, seed=seed, val_fraction=val_fraction, part=part)

@@ -65,29 +65,20 @@ from cytoclip.evaluate import evaluate
 from cytoclip.page import Page
 
 page = Page.open(globals())
-device = device or wf.default_device()
 # what Table III reports for each scheme: (dataset kind, image type, paper's image type, paper's key)
 SETS = {"cross_age": [("regions", image_type, "Complete region", {"training_data": "24 GW (sagittal)"})],
         "cross_plane": [("regions", image_type, "Complete region", {"validation_data": "22 GW (coronal)"}),
                         ("tiles", "tile", "High-res tiles", {"validation_data": "22 GW (coronal)"})]}[split]
-data = wf.study_data(source, atlas, atlas_profile, data_dir, atlas_seed, kinds=sorted({k for k, *_ in SETS}),
-                     max_tiles_per_section=max_tiles_per_section)
-page.use_data(data["atlas"])
-display(Markdown(page.markdown_intro()))
-if page.departures:
-    display(page.departures_table())
+data = page.study_data(sorted({k for k, *_ in SETS}))
 
 # %% tags=["hide-input"]
 table = []
 for kind, itype, paper_type, key_filter in SETS:
     exp_data = wf.experiment_dataset(data[kind], itype, planes=planes, split=split, split_seed=split_seed)
-    run = wf.ensure_run(dataset=exp_data, run_dir=wf.run_dir_for(runs_dir, profile, f"{experiment}-{kind}", seed),
-                        model=model, image_type=itype, image_size=image_size, targets=targets, augment=augment,
-                        epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                        warmup_steps=warmup_steps, num_workers=num_workers, seed=seed, device=device, prompt=prompt)
+    run = page.train(exp_data, f"{experiment}-{kind}", itype)
     for val_split, what in (("val", "cross"), ("val_within", "within")):
         res = evaluate(run, exp_data, page.output_dir / f"{kind}-{what}", val_split=val_split, prompt=prompt,
-                       n_boot=n_boot, device=device, batch_size=batch_size, embedding_method=embedding_method,
+                       n_boot=n_boot, device=page.device, batch_size=batch_size, embedding_method=embedding_method,
                        figures=what == "cross")
         c = res["classification"]
         table.append({"image_type": paper_type, "validation": what,

@@ -49,12 +49,8 @@ from cytoclip.io import read_json
 from cytoclip.page import Page
 
 page = Page.open(globals())
-data = wf.study_data(source, atlas, atlas_profile, data_dir, atlas_seed, kinds=["regions", "tiles"],
-                     max_tiles_per_section=max_tiles_per_section)
-LABEL = page.use_data(data["atlas"])
-display(Markdown(page.markdown_intro()))
-if page.departures:
-    display(page.departures_table())
+data = page.study_data(["regions", "tiles"])
+LABEL = page.data
 
 # %% [markdown]
 # ## Specimens and sections

@@ -53,7 +53,6 @@ output_dir = "book/results/image_type_ablation"
 # regions and the same sections, then scored on the validation sections by `cytoclip.evaluate.evaluate`.
 
 # %% tags=["hide-input"]
-import pandas as pd
 from IPython.display import Markdown, display
 
 from cytoclip import plots, report
@@ -62,12 +61,7 @@ from cytoclip.evaluate import evaluate
 from cytoclip.page import Page
 
 page = Page.open(globals())
-device = device or wf.default_device()
-data = wf.study_data(source, atlas, atlas_profile, data_dir, atlas_seed, kinds=["regions"])
-page.use_data(data["atlas"])
-display(Markdown(page.markdown_intro()))
-if page.departures:
-    display(page.departures_table())
+data = page.study_data(["regions"])
 
 # %% tags=["hide-input"]
 TYPES = {"exact": "ExactBBox", "exact_mask": "ExactBBox with mask", "square224": "SquareBBox"}
@@ -75,11 +69,8 @@ exp_data = wf.experiment_dataset(data["regions"], list(TYPES), planes=planes, sp
 subset = wf.subset_dataset(exp_data, n_regions=60, image_types=list(TYPES))
 table = []
 for itype, paper_name in TYPES.items():
-    run = wf.ensure_run(dataset=subset, run_dir=wf.run_dir_for(runs_dir, profile, f"{experiment}-{itype}", seed),
-                        model=model, image_type=itype, image_size=image_size, targets=targets, augment=augment,
-                        epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                        warmup_steps=warmup_steps, num_workers=num_workers, seed=seed, device=device, prompt=prompt)
-    res = evaluate(run, subset, page.output_dir / itype, prompt=prompt, n_boot=n_boot, device=device,
+    run = page.train(subset, f"{experiment}-{itype}", itype)
+    res = evaluate(run, subset, page.output_dir / itype, prompt=prompt, n_boot=n_boot, device=page.device,
                    batch_size=batch_size, embedding_method=embedding_method, figures=False)
     c = res["classification"]
     page.headline += report.classification_rows(report.paper_key("II", image_type=paper_name), c,

@@ -33,6 +33,7 @@ embedding_method = "umap"
 n_boot = 500
 device = None
 runs_dir = "runs"
+model = "tiny"
 max_tiles_per_section = 120
 profile = "demo"
 experiment = "retrieval"
@@ -60,13 +61,8 @@ from cytoclip.models.zoo import describe_model
 from cytoclip.page import Page
 
 page = Page.open(globals())
-device = device or wf.default_device()
-data = wf.study_data(source, atlas, atlas_profile, data_dir, atlas_seed, kinds=["regions", "tiles"],
-                     max_tiles_per_section=max_tiles_per_section)
-page.use_data(data["atlas"])
-display(Markdown(page.markdown_intro()))
-if page.departures:
-    display(page.departures_table())
+device = page.device
+data = page.study_data(["regions", "tiles"])
 # the same experiment datasets the training pages derived, so the validation images are the same
 SETS = {"Complete region": wf.experiment_dataset(data["regions"], "square224", planes=planes, split="sections",
                                                  split_seed=split_seed),

@@ -57,11 +57,8 @@ from cytoclip.page import Page
 from cytoclip.tiles import leaf_label_map
 
 page = Page.open(globals())
-device = device or wf.default_device()
-data = wf.study_data(source, atlas, atlas_profile, data_dir, atlas_seed, kinds=["regions", "tiles"],
-                     max_tiles_per_section=max_tiles_per_section)
-page.use_data(data["atlas"])
-display(Markdown(page.markdown_intro()))
+device = page.device
+data = page.study_data(["regions", "tiles"])
 regions_data = wf.experiment_dataset(data["regions"], "square224", planes=planes, split="sections",
                                      split_seed=split_seed)
 tiles_data = wf.experiment_dataset(data["tiles"], "tile", planes=planes, split="tiles", split_seed=split_seed)

@@ -71,13 +71,7 @@ from cytoclip.metrics import mean_std
 from cytoclip.page import Page
 
 page = Page.open(globals())
-device = device or wf.default_device()
-data = wf.study_data(source, atlas, atlas_profile, data_dir, atlas_seed, kinds=[dataset_kind],
-                     max_tiles_per_section=max_tiles_per_section)
-page.use_data(data["atlas"])
-display(Markdown(page.markdown_intro()))
-if page.departures:
-    display(page.departures_table())
+data = page.study_data([dataset_kind])
 
 # %% [markdown]
 # ## The experiment's data and training
@@ -86,12 +80,7 @@ if page.departures:
 exp_data = wf.experiment_dataset(data[dataset_kind], image_type, planes=planes, split=split, split_seed=split_seed,
                                  label_type=label_type)
 seed_list = wf.run_seeds(seed, seeds)
-runs = {}
-for s in seed_list:
-    runs[s] = wf.ensure_run(dataset=exp_data, run_dir=wf.run_dir_for(runs_dir, profile, experiment, s), model=model,
-                            image_type=image_type, image_size=image_size, targets=targets, augment=augment,
-                            epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                            warmup_steps=warmup_steps, num_workers=num_workers, seed=s, device=device, prompt=prompt)
+runs = {s: page.train(exp_data, experiment, image_type, seed=s) for s in seed_list}
 display(Markdown(f"Experiment dataset `{exp_data}`; run(s): " + ", ".join(f"`{r}`" for r in runs.values())))
 first = runs[seed_list[0]]
 if not wf.training_log(first).empty:
@@ -102,7 +91,7 @@ if not wf.training_log(first).empty:
 # ## Validation
 
 # %% tags=["hide-input"]
-evaluations = {s: evaluate(r, exp_data, page.output_dir / f"seed{s}", prompt=prompt, n_boot=n_boot, device=device,
+evaluations = {s: evaluate(r, exp_data, page.output_dir / f"seed{s}", prompt=prompt, n_boot=n_boot, device=page.device,
                            atlas=data["atlas"], batch_size=batch_size, embedding_method=embedding_method)
                for s, r in runs.items()}
 res = evaluations[seed_list[0]]

@@ -60,12 +60,8 @@ from cytoclip.models.zoo import describe_model
 from cytoclip.page import Page
 
 page = Page.open(globals())
-device = device or wf.default_device()
-data = wf.study_data(source, atlas, atlas_profile, data_dir, atlas_seed, kinds=["regions"])
-page.use_data(data["atlas"])
-display(Markdown(page.markdown_intro()))
-if page.departures:
-    display(page.departures_table())
+device = page.device
+data = page.study_data(["regions"])
 BASES = [("CLIP (base, zero-shot)", base_models["CLIP 336 (base)"], "336", "square336"),
          ("BiomedCLIP (base, zero-shot)", base_models["BiomedCLIP (base)"], "224", "square224")]
 rows, not_run = [], []

@@ -385,3 +385,11 @@ def test_evaluate_image_only_uses_probe(model, dataset_dir, tmp_path):
     assert res["errors"]["confused_pairs"] is not None
     with pytest.raises(ValueError, match="image-only"):
         E.embed_texts(_ImageOnly(model), ["Pons"])
+
+
+def test_retrieval_without_relevant_items_is_nan_not_an_error():
+    """Every label once (e.g. multi-region labels): image-to-image has no relevant item for any query."""
+    img = np.eye(3, 4, dtype=np.float32)
+    res = E.retrieval(img, ["a", "b", "c"], n_boot=20)
+    assert np.isnan(res["image_to_image"]["recall_at_1"]) and res["image_to_image"]["n_queries"] == 0
+    assert res["image_to_image"]["ci"] == {}

@@ -59,7 +59,7 @@ def retrieval(image_emb: np.ndarray, labels: Sequence, text_emb: np.ndarray | No
             for k, v in per_q.items():
                 valid = ~np.isnan(v)
                 res[f"{prefix}{k}"] = float(v[valid].mean()) if valid.any() else float("nan")
-                if n_boot:
+                if n_boot and valid.any():  # no query with a relevant item: no number, no interval
                     res["ci"][f"{prefix}{k}"] = M.bootstrap_ci(v, n=n_boot, seed=seed)
             res["n_queries"] = int(valid.sum())
         return res

@@ -32,7 +32,7 @@ _HELP = {
     "square_sides": "minimum sides of the square crops",
     "mpp": "working resolution in um/px",
     "workers": "processes (default: CPU count; 1 = in this process)",
-    "split_scheme": "split of the manifest's split column",
+    "split": "split of the manifest's split column",
     "format": "files: one image file per row; shards: WebDataset tars (see --shard-size)",
     "shard_size": "samples per WebDataset tar at most (--format shards)",
     "part": "prepare only the share i of N (e.g. 0/4: every 4th section from the first); then `prepare merge`",

@@ -379,7 +379,7 @@ def _run_tasks(tasks: list[dict], n_workers: int, init_args: tuple, on_result: C
 
 def run(kind: Kind, atlas: Any, output_dir: str | os.PathLike, params: dict, context: dict, *,
         section_params: Iterable[str], workers: int | None = None, sections: Any = None,
-        split_scheme: str = "sections", seed: int = 0, val_fraction: float = 0.2, part: Any = None) -> Path:
+        split: str = "sections", seed: int = 0, val_fraction: float = 0.2, part: Any = None) -> Path:
     """Prepare the dataset ``kind`` of ``atlas`` into ``output_dir`` and return ``output_dir``.
 
     ``params`` are the validated parameters (recorded in the report); ``section_params`` names those that
@@ -430,7 +430,7 @@ def run(kind: Kind, atlas: Any, output_dir: str | os.PathLike, params: dict, con
     keys = [section_key(r.specimen, r.section) for r in table.itertuples(index=False)]
     info = {"dataset": kind.name, "atlas": getattr(atlas_obj, "url", str(atlas)),
             "synthetic": bool(getattr(atlas_obj, "is_synthetic", False)), "params": params,
-            "fingerprint": base_fp, "split_scheme": split_scheme, "seed": int(seed),
+            "fingerprint": base_fp, "split": split, "seed": int(seed),
             "val_fraction": float(val_fraction)}
     if which is not None:
         write_json(output_dir / "parts" / f"part-{which[0]}-of-{which[1]}.json",
@@ -526,7 +526,7 @@ def combine(kind: Kind, output_dir: Path, info: dict, keys: list[str], skipped: 
     manifest = manifest[columns]
     if len(manifest):
         manifest = _clean_lists(manifest)
-        split = assign_split(manifest, info["split_scheme"], seed=info["seed"],
+        split = assign_split(manifest, info["split"], seed=info["seed"],
                              val_fraction=info["val_fraction"]).to_numpy(dtype=object)
         split[manifest["label_id"].to_numpy(dtype=np.int64) < 0] = None  # unlabelled rows train nothing
         manifest["split"] = split
@@ -614,7 +614,7 @@ def merge(output_dir: str | os.PathLike) -> Path:
     first = parts[0]
     n = first["part"][1]
     for f, p in zip(files, parts):
-        for field in ("dataset", "params", "fingerprint", "split_scheme", "seed", "val_fraction"):
+        for field in ("dataset", "params", "fingerprint", "split", "seed", "val_fraction"):
             if p.get(field) != first.get(field):
                 raise ValueError(f"{f}: {field} {p.get(field)!r} differs from {files[0].name}'s {first.get(field)!r}; "
                                  f"expected every part prepared with the same parameters")
@@ -629,6 +629,6 @@ def merge(output_dir: str | os.PathLike) -> Path:
     skipped = {k: v for p in parts for k, v in p["skipped"].items()}
     resumed = {k for p in parts for k in p["resumed"]}
     kind = importlib.import_module(KIND_MODULES[first["dataset"]]).KIND
-    info = {k: first[k] for k in ("dataset", "atlas", "synthetic", "params", "fingerprint", "split_scheme", "seed",
+    info = {k: first[k] for k in ("dataset", "atlas", "synthetic", "params", "fingerprint", "split", "seed",
                                   "val_fraction")}
     return combine(kind, output_dir, info, keys, skipped, resumed, {})

@@ -18,6 +18,32 @@ from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
 
+def to_rgb(img: Any) -> Image.Image:
+    """An RGB PIL image from a PIL image of any mode or a uint8 array ``(H, W)``, ``(H, W, 3)``, ``(H, W, 4)``."""
+    if isinstance(img, Image.Image):
+        return img if img.mode == "RGB" else img.convert("RGB")
+    if isinstance(img, np.ndarray):
+        arr = img
+        if arr.ndim == 2:
+            arr = np.stack([arr] * 3, axis=-1)
+        if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+            raise ValueError(f"image array: expected (H, W), (H, W, 3) or (H, W, 4), got shape {arr.shape}")
+        if arr.dtype != np.uint8:
+            raise ValueError(f"image array: expected dtype uint8, got {arr.dtype}")
+        return Image.fromarray(np.ascontiguousarray(arr[..., :3]))
+    raise TypeError(f"image: expected a PIL image or a uint8 numpy array, got {type(img).__name__}")
+
+
+class ToRGB:
+    """Transform form of :func:`to_rgb` (a class so it pickles into DataLoader workers)."""
+
+    def __call__(self, img: Any) -> Image.Image:
+        return to_rgb(img)
+
+    def __repr__(self) -> str:
+        return "ToRGB()"
+
+
 def pad_to_square(img: Image.Image) -> Image.Image:
     """Pad ``img`` to a square of side max(width, height) with zeros (black), the image centred."""
     if not isinstance(img, Image.Image):
@@ -33,7 +59,10 @@ def pad_to_square(img: Image.Image) -> Image.Image:
 
 
 class PadToSquare:
-    """Transform form of :func:`pad_to_square` (a class so it pickles into DataLoader workers)."""
+    """Transform form of :func:`pad_to_square` (a class so it pickles into DataLoader workers).
+
+    The one implementation of the paper's zero padding: :mod:`cytoclip.models` uses it too.
+    """
 
     def __call__(self, img: Image.Image) -> Image.Image:
         return pad_to_square(img)
@@ -148,4 +177,4 @@ class ImageTextDataset(Dataset):
                 f"classes={len(self.class_names)})")
 
 
-__all__ = ["pad_to_square", "PadToSquare", "model_transform", "load_manifest", "ImageTextDataset"]
+__all__ = ["to_rgb", "ToRGB", "pad_to_square", "PadToSquare", "model_transform", "load_manifest", "ImageTextDataset"]

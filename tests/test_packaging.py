@@ -56,3 +56,71 @@ def test_every_verb_has_help():
         out = subprocess.run([sys.executable, "-m", "cytoclip", verb, "--help"], capture_output=True, text=True)
         assert out.returncode == 0, f"cytoclip {verb} --help failed:\n{out.stderr}"
         assert "usage: cytoclip" in out.stdout
+
+
+# --------------------------------------------------------------------------------- package structure (models)
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module a source file imports, at top level or inside functions."""
+    import ast
+
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_models_base_does_not_import_the_factory():
+    # base is imported by the factory; an import back (even a lazy one) is a cycle
+    assert "cytoclip.models.factory" not in _imported_modules(ROOT / "cytoclip" / "models" / "base.py")
+
+
+def test_saved_formats_registered_by_the_backends():
+    from cytoclip.models import SAVED_FORMATS, factory
+    from cytoclip.models.hf_backend import HFClipModel
+    from cytoclip.models.openclip_backend import OpenClipModel
+    from cytoclip.models.pathology import ConchModel, TimmImageModel
+
+    assert SAVED_FORMATS == {"open_clip": OpenClipModel, "hf": HFClipModel, "timm": TimmImageModel,
+                             "conch": ConchModel}
+    assert factory.SAVED_FORMATS is SAVED_FORMATS
+
+
+def test_one_pad_to_square():
+    import cytoclip.data
+    import cytoclip.models
+    import cytoclip.models.base
+
+    assert cytoclip.models.PadToSquare is cytoclip.data.PadToSquare
+    for py in (ROOT / "cytoclip").rglob("*.py"):
+        if py.name != "data.py":
+            assert "class PadToSquare" not in py.read_text(), f"{py}: a second PadToSquare"
+
+
+def test_models_base_imports_the_package_without_fallbacks():
+    # `except ImportError` around cytoclip's own modules hides a broken module behind a silent fallback
+    import ast
+
+    tree = ast.parse((ROOT / "cytoclip" / "models" / "base.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Try):
+            guarded = {n.module for n in ast.walk(ast.Module(body=node.body, type_ignores=[]))
+                       if isinstance(n, ast.ImportFrom) and n.module}
+            catches = {ast.unparse(h.type) for h in node.handlers if h.type is not None}
+            assert not ({m for m in guarded if m.startswith("cytoclip")} and catches & {"ImportError",
+                                                                                         "ModuleNotFoundError"})
+
+
+def test_eval_transform_accepts_arrays_and_pads_with_zeros():
+    import numpy as np
+    import torch
+
+    from cytoclip.models.base import eval_transform
+
+    tf = eval_transform(8, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    out = tf(np.full((4, 8), 255, np.uint8))  # wide grey array -> padded top and bottom
+    assert out.shape == (3, 8, 8)
+    assert torch.all(out[:, 0] < 0.05) and torch.all(out[:, 4] > 0.95)

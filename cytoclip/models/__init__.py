@@ -5,16 +5,17 @@ CLIP, the paper's OpenAI ViT-L/14 and -336), ``open_clip:`` (open_clip models in
 ``conch:`` (pathology foundation models), and saved model / run directories. See :data:`MODEL_ZOO`.
 """
 
+from cytoclip.data import PadToSquare
 from cytoclip.models.base import (
     MODEL_JSON,
+    SAVED_FORMATS,
     CytoModel,
     ModelSpecError,
     ModelWeightsNotFound,
-    PadToSquare,
     TextTowerMissing,
     downloads_allowed,
 )
-from cytoclip.models.factory import BACKENDS, SAVED_FORMATS, create_model, parse_spec
+from cytoclip.models.factory import BACKENDS, create_model, parse_spec
 from cytoclip.models.zoo import MODEL_ZOO, describe_model, model_zoo_table
 
 __all__ = [

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cytoclip.data import ToRGB, model_transform  # the one home of the image transforms
 from cytoclip.io import read_json, write_json
 
 #: file in every saved model directory: backend format, resolved spec and preprocessing
@@ -30,6 +31,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: CLIP's initial temperature, stored in log space: ln(1 / 0.07)
 INIT_LOGIT_SCALE = float(np.log(1 / 0.07))
+#: saved-directory format (``cytoclip_model.json`` field ``format``) -> the CytoModel subclass that loads it.
+#: Filled by ``CytoModel.__init_subclass__`` as each backend module defines its class, so base needs no
+#: import of the factory (the package's ``__init__`` imports every backend before any load can happen).
+SAVED_FORMATS: dict[str, type["CytoModel"]] = {}
 
 
 class ModelWeightsNotFound(FileNotFoundError):
@@ -100,75 +105,11 @@ def hf_snapshot(repo_id: str, model: str, allow_download: bool, allow_patterns: 
 # transforms (paper III-E: pad to square with zeros, bicubic resize, the model's normalisation)
 # ----------------------------------------------------------------------------------------------------------
 
-def _to_pil(img: Any):
-    from PIL import Image
-
-    if isinstance(img, Image.Image):
-        return img.convert("RGB")
-    if isinstance(img, np.ndarray):
-        arr = img
-        if arr.ndim == 2:
-            arr = np.stack([arr] * 3, axis=-1)
-        if arr.ndim != 3 or arr.shape[2] not in (3, 4):
-            raise ValueError(f"image array: expected (H, W), (H, W, 3) or (H, W, 4), got shape {arr.shape}")
-        if arr.dtype != np.uint8:
-            raise ValueError(f"image array: expected dtype uint8, got {arr.dtype}")
-        return Image.fromarray(arr[..., :3])
-    raise TypeError(f"image: expected a PIL image or a uint8 numpy array, got {type(img).__name__}")
-
-
-class ToRGB:
-    """Convert a PIL image (any mode) or a uint8 array (H, W[, 3|4]) to an RGB PIL image."""
-
-    def __call__(self, img: Any):
-        return _to_pil(img)
-
-    def __repr__(self) -> str:
-        return "ToRGB()"
-
-
-class PadToSquare:
-    """Pad a PIL image / uint8 array to a centred square with zeros (black), as the paper does before resizing."""
-
-    def __call__(self, img: Any):
-        from PIL import Image
-
-        img = _to_pil(img)
-        w, h = img.size
-        if w == h:
-            return img
-        side = max(w, h)
-        canvas = Image.new("RGB", (side, side), (0, 0, 0))
-        canvas.paste(img, ((side - w) // 2, (side - h) // 2))
-        return canvas
-
-    def __repr__(self) -> str:
-        return "PadToSquare(fill=0)"
-
-
-def local_model_transform(image_size: int, mean: Sequence[float], std: Sequence[float]) -> Callable:
-    """Pad-to-square with zeros, bicubic resize to ``image_size``, to tensor, normalise (used when
-    ``cytoclip.data.model_transform`` is not available)."""
-    from torchvision import transforms as T
-
-    return T.Compose([
-        ToRGB(),
-        PadToSquare(),
-        T.Resize((image_size, image_size), interpolation=T.InterpolationMode.BICUBIC, antialias=True),
-        T.ToTensor(),
-        T.Normalize(mean=list(mean), std=list(std)),
-    ])
-
-
 def eval_transform(image_size: int, mean: Sequence[float], std: Sequence[float]) -> Callable:
-    """The eval transform: ``cytoclip.data.model_transform`` when that module provides it, else the local one."""
+    """The eval transform: :func:`cytoclip.data.model_transform` (pad to square with zeros, bicubic resize,
+    normalise), preceded by :class:`~cytoclip.data.ToRGB` so uint8 arrays and non-RGB PIL images are accepted."""
     from torchvision import transforms as T
 
-    try:
-        from cytoclip.data import model_transform  # the data module owns the canonical version
-    except ImportError:
-        return local_model_transform(image_size, mean, std)
-    # accept uint8 arrays and non-RGB PIL images too (the data module's version takes RGB PIL images)
     return T.Compose([ToRGB(), model_transform(image_size, mean, std)])
 
 
@@ -213,6 +154,15 @@ class CytoModel:
 
     format: ClassVar[str] = ""
     has_text: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("format"):  # a class that names its own saved format: register it as the loader
+            other = SAVED_FORMATS.get(cls.format)
+            if other is not None and other.__qualname__ != cls.__qualname__:
+                raise TypeError(f"saved format {cls.format!r} is claimed by both {other.__qualname__} and "
+                                f"{cls.__qualname__}")
+            SAVED_FORMATS[cls.format] = cls
 
     def __init__(self, module: nn.Module, spec: dict, image_size: int, mean: Sequence[float],
                  std: Sequence[float]):
@@ -384,8 +334,6 @@ class CytoModel:
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "CytoModel":
         """Load a directory written by :meth:`save` (or a training run dir holding ``model/``), offline."""
-        from cytoclip.models.factory import SAVED_FORMATS
-
         saved = cls.find_saved(path)
         if saved is None:
             raise FileNotFoundError(f"{path}: not a saved model directory (expected {MODEL_JSON} in it or in "

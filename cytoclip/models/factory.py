@@ -8,10 +8,9 @@ from typing import Any, Callable
 
 import torch
 
-from cytoclip.models.base import CytoModel, ModelSpecError
-
-
-from cytoclip.models import hf_backend, openclip_backend, pathology  # noqa: E402  (heavy libraries load lazily inside)
+# importing the backends registers their saved formats in SAVED_FORMATS (heavy libraries load lazily inside)
+from cytoclip.models import hf_backend, openclip_backend, pathology
+from cytoclip.models.base import SAVED_FORMATS, CytoModel, ModelSpecError
 
 
 def _load_saved(spec: dict, device="cpu", pretrained: bool = True, allow_download: bool | None = None) -> CytoModel:
@@ -31,12 +30,6 @@ BACKENDS: dict[str, Callable[..., CytoModel]] = {
     "uni": pathology.build_uni,
     "conch": pathology.build_conch,
     "saved": _load_saved,
-}
-
-#: saved-directory format (``cytoclip_model.json`` field ``format``) -> CytoModel subclass that loads it
-SAVED_FORMATS: dict[str, type[CytoModel]] = {
-    c.format: c for c in (openclip_backend.OpenClipModel, hf_backend.HFClipModel, pathology.TimmImageModel,
-                          pathology.ConchModel)
 }
 
 _PREFIXED = ("hf", "open_clip", "uni", "conch")

@@ -8,9 +8,10 @@ A checkpoint is a directory (``<run_dir>/checkpoint-last/``) holding
   fresh at each save. A matrix most of whose rows are all zero (Adam's moments of a token embedding whose
   vocabulary the captions barely use) is stored as its non-zero rows and their indices, and rebuilt exactly.
 
-Writing is atomic without replacing a directory: the tensor files of a new save get new names (each written
-to a temporary name and renamed), then ``checkpoint.json`` is replaced in one rename (the commit), then the
-files the new JSON does not name are removed. A process killed at any point leaves the previous checkpoint
+Writing is atomic without replacing a directory: the tensor files of a new save get new names (written in a
+staging directory ``.pending-<token>/``, where safetensors also puts its own temporary file, and renamed in),
+then ``checkpoint.json`` is replaced in one rename (the commit), then the files the new JSON does not name are
+removed. A process killed at any point leaves the previous checkpoint
 complete (its JSON still names its own files); what a killed save left behind is swept by the next save or
 :func:`sweep`. Loading never unpickles: a file that is not this format, or whose size or hash differs from
 what the JSON records (truncated, corrupt), is refused with a :class:`CheckpointError` naming it.
@@ -23,13 +24,13 @@ import json
 import os
 import re
 import secrets
-import stat
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from cytoclip.io import atomic_path, write_json
+from cytoclip.io import _UMASK, write_json
 
 FORMAT = "cytoclip-checkpoint"
 VERSION = 1
@@ -64,6 +65,8 @@ def _plain_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+#: prefix of the staging directory of a save in progress
+_PENDING = ".pending-"
 #: suffix of the row indices of a row-sparse matrix (its values are stored under the matrix's own name)
 _ROWS = "@rows"
 
@@ -110,18 +113,21 @@ def save(directory: str | os.PathLike, groups: dict[str, dict[str, torch.Tensor]
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     token = secrets.token_hex(6)
+    staging = directory / f"{_PENDING}{token}"
+    staging.mkdir()
     files = {}
     for group, tensors in groups.items():
         if not re.fullmatch(r"[a-z][a-z0-9_]*", group):
             raise ValueError(f"checkpoint group {group!r}: expected a lower-case identifier")
         name = f"{group}-{token}.safetensors"
         stored, shapes = _row_sparse(_plain_tensors(tensors))
-        with atomic_path(directory / name) as tmp:
-            mode = stat.S_IMODE(tmp.stat().st_mode)  # atomic_path's permissions; save_file makes a new file
-            save_file(stored, str(tmp), metadata={"format": FORMAT, "version": str(VERSION), "group": group})
-            os.chmod(tmp, mode)
-        path = directory / name
-        files[group] = {"file": name, "bytes": path.stat().st_size, "sha256": _sha256(path), "row_sparse": shapes}
+        save_file(stored, str(staging / name), metadata={"format": FORMAT, "version": str(VERSION), "group": group})
+        os.chmod(staging / name, 0o666 & ~_UMASK)  # safetensors writes 0600; artefacts are meant to be shared
+        files[group] = {"file": name, "bytes": (staging / name).stat().st_size, "sha256": _sha256(staging / name),
+                        "row_sparse": shapes}
+    for entry in files.values():
+        os.replace(staging / entry["file"], directory / entry["file"])
+    staging.rmdir()
     write_json(directory / STATE_FILE, {"format": FORMAT, "version": VERSION, "files": files, "state": state})
     sweep(directory)
     return directory / STATE_FILE
@@ -194,8 +200,9 @@ def load(directory: str | os.PathLike) -> tuple[dict[str, dict[str, torch.Tensor
 
 
 def sweep(directory: str | os.PathLike) -> list[Path]:
-    """Remove what interrupted saves left in ``directory``: temporary files (dot names) and tensor files that
-    the committed ``checkpoint.json`` does not name (all of them when there is no committed checkpoint).
+    """Remove what interrupted saves left in ``directory``: staging directories, temporary files (dot names)
+    and tensor files that the committed ``checkpoint.json`` does not name (all of them when there is no
+    committed checkpoint).
     Nothing is removed when ``checkpoint.json`` exists but cannot be read (it is left for inspection).
     Returns the removed paths."""
     directory = Path(directory)
@@ -210,9 +217,11 @@ def sweep(directory: str | os.PathLike) -> list[Path]:
     removed = []
     for entry in directory.iterdir():
         name = entry.name
-        ours = name.startswith(f".{STATE_FILE}.") or (name.startswith(".") and ".safetensors." in name) \
-            or _TENSOR_FILE.match(name)
-        if ours and name not in keep and entry.is_file():
+        if name.startswith(_PENDING) and entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+        elif (name.startswith(f".{STATE_FILE}.") or _TENSOR_FILE.match(name)) and name not in keep \
+                and entry.is_file():
             entry.unlink(missing_ok=True)
             removed.append(entry)
     return removed

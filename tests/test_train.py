@@ -431,9 +431,12 @@ import safetensors.torch as st
 from cytoclip import checkpoint as ckpt_io
 real = st.save_file
 def dying(tensors, filename, metadata=None):
-    real(tensors, filename, metadata=metadata)
     if sys.argv[2] in os.path.basename(filename):
+        # killed inside safetensors' write: its temporary file (beside the target) is half written
+        with open(os.path.join(os.path.dirname(filename), ".tmpab12cd"), "wb") as f:
+            f.write(b"x" * 1000)
         os._exit(9)  # killed: no finally, no clean-up
+    real(tensors, filename, metadata=metadata)
 st.save_file = dying
 ckpt_io.save(sys.argv[1], {"model": {"w": torch.full((3,), 2.0)}, "optimizer": {"m": torch.ones(2)}}, {"step": 2})
 """
@@ -464,14 +467,16 @@ def test_rerun_sweeps_debris_of_a_killed_run(dataset, tmp_path):
     torch.set_num_threads(1)
     run = train(_cfg(dataset, tmp_path / "r", max_steps=1))
     debris = [run / ".checkpoint-last.pt.k2j3h4.pt", run / ".metrics.jsonl.ab12.jsonl", run / ".config.json.x.json",
-              run / "checkpoint-last" / ".model-0123456789ab.safetensors.q1w2.safetensors",
               run / "checkpoint-last" / "optimizer-ba9876543210.safetensors",
               run / "checkpoint-last" / ".checkpoint.json.zz.json"]
     for p in debris:
         p.write_bytes(b"x" * 100)
     (run / "model" / ".save-abc").mkdir()
+    (run / "checkpoint-last" / ".pending-0123456789ab").mkdir()
+    (run / "checkpoint-last" / ".pending-0123456789ab" / ".tmpXyZ123").write_bytes(b"x" * 100)
     train(_cfg(dataset, run, max_steps=2))
     assert not [p for p in debris if p.exists()] and not (run / "model" / ".save-abc").exists()
+    assert not (run / "checkpoint-last" / ".pending-0123456789ab").exists()
     assert _ckpt(run)[1]["step"] == 2
 
 

@@ -5,11 +5,13 @@ A checkpoint is a directory (``<run_dir>/checkpoint-last/``) holding
 - ``checkpoint.json``: the format marker and version, the plain state (step, scheduler, RNG of Python and
   numpy, history, config, ...) and, for each tensor group, its file name, byte size and SHA-256;
 - ``<group>-<token>.safetensors``: one file per tensor group (model, optimizer, rng), named with a token
-  fresh at each save.
+  fresh at each save. A matrix most of whose rows are all zero (Adam's moments of a token embedding whose
+  vocabulary the captions barely use) is stored as its non-zero rows and their indices, and rebuilt exactly.
 
-Writing is atomic without replacing a directory: the tensor files of a new save get new names (each written
-to a temporary name and renamed), then ``checkpoint.json`` is replaced in one rename (the commit), then the
-files the new JSON does not name are removed. A process killed at any point leaves the previous checkpoint
+Writing is atomic without replacing a directory: the tensor files of a new save get new names (written in a
+staging directory ``.pending-<token>/``, where safetensors also puts its own temporary file, and renamed in),
+then ``checkpoint.json`` is replaced in one rename (the commit), then the files the new JSON does not name are
+removed. A process killed at any point leaves the previous checkpoint
 complete (its JSON still names its own files); what a killed save left behind is swept by the next save or
 :func:`sweep`. Loading never unpickles: a file that is not this format, or whose size or hash differs from
 what the JSON records (truncated, corrupt), is refused with a :class:`CheckpointError` naming it.
@@ -22,12 +24,13 @@ import json
 import os
 import re
 import secrets
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from cytoclip.io import atomic_path, write_json
+from cytoclip.io import _UMASK, write_json
 
 FORMAT = "cytoclip-checkpoint"
 VERSION = 1
@@ -62,6 +65,45 @@ def _plain_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+#: prefix of the staging directory of a save in progress
+_PENDING = ".pending-"
+#: suffix of the row indices of a row-sparse matrix (its values are stored under the matrix's own name)
+_ROWS = "@rows"
+
+
+def _row_sparse(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, list[int]]]:
+    """Matrices with at least half of their rows all-zero bits -> (their non-zero rows, ``name@rows``); returns
+    the tensors to write and ``{name: full shape}`` of the ones so stored. Lossless (bit patterns compared)."""
+    out, shapes = {}, {}
+    for name, t in tensors.items():
+        if _ROWS in name:
+            raise ValueError(f"checkpoint tensor {name!r}: names may not contain {_ROWS!r}")
+        if t.ndim >= 2 and t.numel() >= 4096 and t.element_size() in (1, 2, 4, 8):
+            bits = t.reshape(t.shape[0], -1).view({1: torch.uint8, 2: torch.int16, 4: torch.int32,
+                                                     8: torch.int64}[t.element_size()])
+            rows = bits.ne(0).any(dim=1).nonzero().flatten()
+            if rows.numel() * 2 <= t.shape[0]:
+                out[name], out[name + _ROWS] = t[rows].contiguous(), rows
+                shapes[name] = list(t.shape)
+                continue
+        out[name] = t
+    return out, shapes
+
+
+def _dense(tensors: dict[str, torch.Tensor], shapes: dict[str, list[int]], path: Path) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`_row_sparse`."""
+    out = {k: v for k, v in tensors.items() if not k.endswith(_ROWS)}
+    for name, shape in shapes.items():
+        values, rows = out.get(name), tensors.get(name + _ROWS)
+        if values is None or rows is None or values.shape[1:] != tuple(shape[1:]) or len(rows) != len(values) \
+                or (len(rows) and int(rows.max()) >= shape[0]):
+            raise CheckpointError(f"{path}: row-sparse tensor {name!r} does not match its recorded shape {shape}")
+        full = torch.zeros(shape, dtype=values.dtype)
+        full[rows] = values
+        out[name] = full
+    return out
+
+
 def save(directory: str | os.PathLike, groups: dict[str, dict[str, torch.Tensor]], state: dict) -> Path:
     """Write a checkpoint into ``directory``: each ``groups[name]`` (a flat dict of tensors) as a safetensors
     file, ``state`` (JSON-serialisable plain data) into ``checkpoint.json``; atomically, as described above.
@@ -71,16 +113,21 @@ def save(directory: str | os.PathLike, groups: dict[str, dict[str, torch.Tensor]
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     token = secrets.token_hex(6)
+    staging = directory / f"{_PENDING}{token}"
+    staging.mkdir()
     files = {}
     for group, tensors in groups.items():
         if not re.fullmatch(r"[a-z][a-z0-9_]*", group):
             raise ValueError(f"checkpoint group {group!r}: expected a lower-case identifier")
         name = f"{group}-{token}.safetensors"
-        with atomic_path(directory / name) as tmp:
-            save_file(_plain_tensors(tensors), str(tmp), metadata={"format": FORMAT, "version": str(VERSION),
-                                                                     "group": group})
-        path = directory / name
-        files[group] = {"file": name, "bytes": path.stat().st_size, "sha256": _sha256(path)}
+        stored, shapes = _row_sparse(_plain_tensors(tensors))
+        save_file(stored, str(staging / name), metadata={"format": FORMAT, "version": str(VERSION), "group": group})
+        os.chmod(staging / name, 0o666 & ~_UMASK)  # safetensors writes 0600; artefacts are meant to be shared
+        files[group] = {"file": name, "bytes": (staging / name).stat().st_size, "sha256": _sha256(staging / name),
+                        "row_sparse": shapes}
+    for entry in files.values():
+        os.replace(staging / entry["file"], directory / entry["file"])
+    staging.rmdir()
     write_json(directory / STATE_FILE, {"format": FORMAT, "version": VERSION, "files": files, "state": state})
     sweep(directory)
     return directory / STATE_FILE
@@ -105,7 +152,10 @@ def _read_manifest(directory: Path) -> dict:
         raise CheckpointError(f"{path}: malformed cytoclip checkpoint (expected objects 'files' and 'state')")
     for group, entry in files.items():
         ok = (isinstance(entry, dict) and isinstance(entry.get("file"), str) and _TENSOR_FILE.match(entry["file"])
-              and isinstance(entry.get("bytes"), int) and isinstance(entry.get("sha256"), str))
+              and isinstance(entry.get("bytes"), int) and isinstance(entry.get("sha256"), str)
+              and isinstance(entry.get("row_sparse", {}), dict)
+              and all(isinstance(v, list) and all(isinstance(n, int) and n >= 0 for n in v)
+                      for v in entry.get("row_sparse", {}).values()))
         if not ok:  # also keeps a crafted JSON from naming a file outside the checkpoint directory
             raise CheckpointError(f"{path}: malformed entry for tensor group {group!r}: {entry!r}")
     return meta
@@ -145,13 +195,14 @@ def load(directory: str | os.PathLike) -> tuple[dict[str, dict[str, torch.Tensor
         if file_meta.get("format") != FORMAT or file_meta.get("group") != group:
             raise CheckpointError(f"{path}: not a cytoclip checkpoint file of group {group!r} (its metadata: "
                                   f"{file_meta})")
-        groups[group] = tensors
+        groups[group] = _dense(tensors, entry.get("row_sparse", {}), path)
     return groups, meta["state"]
 
 
 def sweep(directory: str | os.PathLike) -> list[Path]:
-    """Remove what interrupted saves left in ``directory``: temporary files (dot names) and tensor files that
-    the committed ``checkpoint.json`` does not name (all of them when there is no committed checkpoint).
+    """Remove what interrupted saves left in ``directory``: staging directories, temporary files (dot names)
+    and tensor files that the committed ``checkpoint.json`` does not name (all of them when there is no
+    committed checkpoint).
     Nothing is removed when ``checkpoint.json`` exists but cannot be read (it is left for inspection).
     Returns the removed paths."""
     directory = Path(directory)
@@ -166,9 +217,11 @@ def sweep(directory: str | os.PathLike) -> list[Path]:
     removed = []
     for entry in directory.iterdir():
         name = entry.name
-        ours = name.startswith(f".{STATE_FILE}.") or (name.startswith(".") and ".safetensors." in name) \
-            or _TENSOR_FILE.match(name)
-        if ours and name not in keep and entry.is_file():
+        if name.startswith(_PENDING) and entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+        elif (name.startswith(f".{STATE_FILE}.") or _TENSOR_FILE.match(name)) and name not in keep \
+                and entry.is_file():
             entry.unlink(missing_ok=True)
             removed.append(entry)
     return removed

@@ -327,22 +327,25 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_process_ddp_training_matches_one_process(dataset, tmp_path):
-    """torchrun-style env, gloo on CPU: 2 processes x batch 4 give the weights of 1 process x batch 8 (tiny-vit:
-    no BatchNorm, whose per-process statistics would differ on CPU)."""
+@pytest.mark.parametrize("model", ["tiny", "tiny-vit"])
+def test_two_process_ddp_training_matches_one_process(dataset, tmp_path, model):
+    """torchrun-style env, gloo on CPU: 2 processes x batch 4 give the losses and weights of 1 process x batch 8,
+    for both shipped default models (neither normalises over the batch, so nothing depends on the per-rank
+    batch). Tolerance: float32 summation order (the gradient all-reduce): losses 1e-5, weights 5e-5 + 1e-4 rel."""
     import torch.multiprocessing as mp
 
     torch.set_num_threads(1)
-    kw = dict(model="tiny-vit", epochs=1, max_steps=3, augment=True, warmup_steps=1)
+    kw = dict(model=model, epochs=1, max_steps=3, augment=True, warmup_steps=1, log_every_steps=1)
     one = _cfg(dataset, tmp_path / "one", batch_size=8, **kw)
     train(one)
     two = _cfg(dataset, tmp_path / "two", batch_size=4, **kw)
     mp.spawn(_ddp_train_worker, args=(2, _free_port(), two.to_dict()), nprocs=2, join=True)
-    a = torch.load(tmp_path / "one" / "checkpoint-last.pt", weights_only=False)
-    b = torch.load(tmp_path / "two" / "checkpoint-last.pt", weights_only=False)
-    assert b["step"] == a["step"] == 3 and len(b["rng"]) == 2
+    (a, sa), (b, sb) = _ckpt(tmp_path / "one"), _ckpt(tmp_path / "two")
+    assert sb["step"] == sa["step"] == 3 and len(sb["rng"]) == 2
     cfg = json.loads((tmp_path / "two" / "config.json").read_text())
     assert cfg["resolved"]["world_size"] == 2
+    losses = [[r["train_loss"] for r in s["history"] if r["kind"] == "step"] for s in (sa, sb)]
+    assert len(losses[0]) == 3 and losses[0] == pytest.approx(losses[1], abs=1e-5)
     for k, v in a["model"].items():
         assert torch.allclose(v, b["model"][k], atol=5e-5, rtol=1e-4), k
 
@@ -351,3 +354,227 @@ def test_warmup_longer_than_run_warns(dataset, tmp_path):
     """A warm-up that outlasts the run (the rate would never reach TrainConfig.lr) is reported."""
     with pytest.warns(UserWarning, match="warmup_steps=100"):
         train(_cfg(dataset, tmp_path / "w", warmup_steps=100, max_steps=1))
+
+
+# ============================================================================ issue 13: safety and reliability
+class _Boom:
+    """Unpickling this creates the file ``marker`` (as a crafted checkpoint would run any code)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_planted_pickle_checkpoints_never_run(dataset, tmp_path):
+    """A pickle in the old checkpoint name, or in place of the new format's files, is refused with a message
+    naming the file, and nothing of it runs."""
+    import hashlib
+
+    torch.set_num_threads(1)
+    marker = tmp_path / "PWNED"
+    # the old name, checkpoint-last.pt
+    old = tmp_path / "old"
+    old.mkdir()
+    torch.save({"model": _Boom(marker), "config": {}}, old / "checkpoint-last.pt")
+    with pytest.raises(ckpt_io.CheckpointError, match="checkpoint-last.pt: a pickle checkpoint"):
+        train(_cfg(dataset, old, max_steps=1))
+    with pytest.warns(UserWarning, match="checkpoint-last.pt: ignored"):
+        train(_cfg(dataset, old, max_steps=1, resume=False))
+    assert not marker.exists()
+    # the new location: a pickle as checkpoint.json, then as a tensor file that the JSON names (with the right
+    # size and hash, so it reaches the safetensors parser)
+    new = tmp_path / "new"
+    (new / "checkpoint-last").mkdir(parents=True)
+    torch.save(_Boom(marker), new / "checkpoint-last" / "checkpoint.json")
+    with pytest.raises(ckpt_io.CheckpointError, match=r"checkpoint-last/checkpoint.json: not a cytoclip checkpoint"):
+        train(_cfg(dataset, new, max_steps=1))
+    evil = new / "checkpoint-last" / "model-0123456789ab.safetensors"
+    torch.save(_Boom(marker), evil)
+    data = evil.read_bytes()
+    entry = {"file": evil.name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (new / "checkpoint-last" / "checkpoint.json").write_text(json.dumps(
+        {"format": "cytoclip-checkpoint", "version": 1, "files": {"model": entry}, "state": {}}))
+    with pytest.raises(ckpt_io.CheckpointError, match="model-0123456789ab.safetensors: not a readable safetensors"):
+        train(_cfg(dataset, new, max_steps=1))
+    assert not marker.exists()
+
+
+def test_truncated_or_corrupt_checkpoint_refused_naming_file(dataset, tmp_path):
+    torch.set_num_threads(1)
+    run = train(_cfg(dataset, tmp_path / "r", max_steps=1))
+    directory = run / "checkpoint-last"
+    manifest = json.loads((directory / "checkpoint.json").read_text())
+    model_file = directory / manifest["files"]["model"]["file"]
+    good = model_file.read_bytes()
+    model_file.write_bytes(good[: len(good) // 2])
+    with pytest.raises(ckpt_io.CheckpointError, match=f"{model_file.name}: truncated or corrupt"):
+        train(_cfg(dataset, run))
+    flipped = bytearray(good)
+    flipped[-3] ^= 0xFF
+    model_file.write_bytes(bytes(flipped))
+    with pytest.raises(ckpt_io.CheckpointError, match=f"{model_file.name}: corrupt"):
+        train(_cfg(dataset, run))
+    model_file.write_bytes(good)
+    (directory / "checkpoint.json").write_text(json.dumps({**manifest, "format": "something-else"}))
+    with pytest.raises(ckpt_io.CheckpointError, match="checkpoint.json: not a cytoclip checkpoint"):
+        train(_cfg(dataset, run))
+    (directory / "checkpoint.json").write_text(json.dumps(manifest))
+    train(_cfg(dataset, run, max_steps=2))  # intact again: resumes
+    assert _ckpt(run)[1]["step"] == 2
+
+
+_KILLED_SAVE = """
+import os, sys, torch
+import safetensors.torch as st
+from cytoclip import checkpoint as ckpt_io
+real = st.save_file
+def dying(tensors, filename, metadata=None):
+    if sys.argv[2] in os.path.basename(filename):
+        # killed inside safetensors' write: its temporary file (beside the target) is half written
+        with open(os.path.join(os.path.dirname(filename), ".tmpab12cd"), "wb") as f:
+            f.write(b"x" * 1000)
+        os._exit(9)  # killed: no finally, no clean-up
+    real(tensors, filename, metadata=metadata)
+st.save_file = dying
+ckpt_io.save(sys.argv[1], {"model": {"w": torch.full((3,), 2.0)}, "optimizer": {"m": torch.ones(2)}}, {"step": 2})
+"""
+
+
+def test_killed_checkpoint_save_keeps_previous_and_is_swept(tmp_path):
+    """A process killed while writing a checkpoint leaves the previous one loadable and unchanged; what it left
+    behind (temp files, files of the uncommitted save) is removed by the next save or a sweep."""
+    import subprocess
+    import sys
+
+    directory = tmp_path / "checkpoint-last"
+    ckpt_io.save(directory, {"model": {"w": torch.ones(3)}, "optimizer": {"m": torch.zeros(2)}}, {"step": 1})
+    before = {p.name for p in directory.iterdir()}
+    for dies_in in ("model-", "optimizer-"):  # killed while writing the first, then the second tensor file
+        rc = subprocess.run([sys.executable, "-c", _KILLED_SAVE, str(directory), dies_in], cwd=tmp_path).returncode
+        assert rc == 9
+        assert {p.name for p in directory.iterdir()} > before  # debris of the killed save
+        groups, state = ckpt_io.load(directory)
+        assert state == {"step": 1} and torch.equal(groups["model"]["w"], torch.ones(3))
+        removed = ckpt_io.sweep(directory)
+        assert removed and {p.name for p in directory.iterdir()} == before
+    ckpt_io.save(directory, {"model": {"w": torch.full((3,), 3.0)}}, {"step": 3})
+    assert ckpt_io.load(directory)[1] == {"step": 3} and len(list(directory.iterdir())) == 2
+
+
+def test_rerun_sweeps_debris_of_a_killed_run(dataset, tmp_path):
+    torch.set_num_threads(1)
+    run = train(_cfg(dataset, tmp_path / "r", max_steps=1))
+    debris = [run / ".checkpoint-last.pt.k2j3h4.pt", run / ".metrics.jsonl.ab12.jsonl", run / ".config.json.x.json",
+              run / "checkpoint-last" / "optimizer-ba9876543210.safetensors",
+              run / "checkpoint-last" / ".checkpoint.json.zz.json"]
+    for p in debris:
+        p.write_bytes(b"x" * 100)
+    (run / "model" / ".save-abc").mkdir()
+    (run / "checkpoint-last" / ".pending-0123456789ab").mkdir()
+    (run / "checkpoint-last" / ".pending-0123456789ab" / ".tmpXyZ123").write_bytes(b"x" * 100)
+    train(_cfg(dataset, run, max_steps=2))
+    assert not [p for p in debris if p.exists()] and not (run / "model" / ".save-abc").exists()
+    assert not (run / "checkpoint-last" / ".pending-0123456789ab").exists()
+    assert _ckpt(run)[1]["step"] == 2
+
+
+def _register_bn_tiny(monkeypatch, tmp_path):
+    """Make ``tiny`` a model with BatchNorm (open_clip's ModifiedResNet, cytoclip's former tiny tower)."""
+    import open_clip
+
+    from cytoclip.models import openclip_backend as ob
+
+    cfg = {"embed_dim": 64, "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16, "head_width": 32,
+                                           "patch_size": None},
+           "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1}}
+    (tmp_path / "cfgs").mkdir()
+    (tmp_path / "cfgs" / "test-tiny-bn.json").write_text(json.dumps(cfg))
+    ob.register_configs()
+    open_clip.add_model_config(tmp_path / "cfgs")
+    monkeypatch.setitem(ob.TINY_CONFIGS, "tiny", "test-tiny-bn")
+
+
+def test_skipped_step_leaves_batchnorm_buffers_untouched(dataset, tmp_path, monkeypatch):
+    """A step skipped for a non-finite loss leaves every tensor (BatchNorm running statistics included) as the
+    previous step left it: 2 steps with the second skipped == 1 step."""
+    torch.set_num_threads(1)
+    import cytoclip.train as T
+
+    _register_bn_tiny(monkeypatch, tmp_path)
+    one = train(_cfg(dataset, tmp_path / "one", max_steps=1, warmup_steps=0))
+
+    class Second(_NanLoss):
+        calls, bad = 0, {1}
+
+    monkeypatch.setattr(T, "ContrastiveLoss", Second)
+    skipped = train(_cfg(dataset, tmp_path / "skipped", max_steps=2, warmup_steps=0))
+    a, b = _ckpt(one)[0]["model"], _ckpt(skipped)[0]["model"]
+    assert any("running_var" in k for k in a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_huge_lr_never_saves_nonfinite_tensors(dataset, tmp_path, monkeypatch):
+    """lr 1e9 on a BatchNorm model (the issue's probe): the run ends with every saved tensor finite; a rate that
+    overflows float32 (1e39) makes the weights inf, and the run refuses to save, naming them."""
+    torch.set_num_threads(1)
+    _register_bn_tiny(monkeypatch, tmp_path)
+    run = train(_cfg(dataset, tmp_path / "big", max_steps=3, lr=1e9, weight_decay=0.0, warmup_steps=0))
+    for name, tensors in [("model/", _weights(run)), ("checkpoint", _ckpt(run)[0]["model"])]:
+        bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        assert not bad, (name, bad)
+    with pytest.raises(FloatingPointError, match=r"refusing to save the checkpoint: \d+ tensor\(s\) hold NaN or inf: "):
+        train(_cfg(dataset, tmp_path / "inf", max_steps=1, lr=1e39, weight_decay=0.0, warmup_steps=0))
+    assert not (tmp_path / "inf" / "checkpoint-last").exists() and not (tmp_path / "inf" / "model").exists()
+
+
+@pytest.mark.parametrize("field,value", [
+    ("lr", float("inf")), ("lr", float("nan")), ("lr", 0.0), ("lr", -1e-3), ("weight_decay", -0.1),
+    ("weight_decay", float("inf")), ("weight_decay", 5e4), ("image_size", 0), ("image_size", 8), ("image_size", 64.5),
+    ("betas", (0.9, 1.0)), ("betas", (0.9,)), ("eps", 0.0), ("sigma", float("inf")), ("epochs", 1.5),
+    ("batch_size", True), ("seed", -1), ("device", "gpu"), ("prompt", "a photo"), ("grad_clip", float("nan")),
+    ("max_steps", 0), ("augment", "yes"), ("resume", 1), ("dataset", ""), ("split", ""),
+])
+def test_validate_refuses_out_of_range_values(tmp_path, field, value):
+    import dataclasses
+
+    cfg = dataclasses.replace(_cfg(tmp_path, tmp_path / "x"), **{field: value})
+    with pytest.raises(ValueError, match=f"TrainConfig.{field}: expected"):
+        cfg.validate()
+
+
+def test_image_size_is_used_and_recorded(dataset, tmp_path):
+    torch.set_num_threads(1)
+    run = train(_cfg(dataset, tmp_path / "r", image_size=80, max_steps=1))
+    cfg = json.loads((run / "config.json").read_text())
+    meta = json.loads((run / "model" / "cytoclip_model.json").read_text())
+    assert cfg["image_size"] == cfg["resolved"]["image_size"] == meta["image_size"] == 80
+
+
+def test_renamed_fields_and_defaults():
+    with pytest.raises(ValueError, match="'dataset_dir' is now 'dataset'.*'split_scheme' is now 'split'"):
+        TrainConfig.from_dict({"dataset_dir": "d", "split_scheme": "sections"})
+    c = TrainConfig.from_dict({"dataset": "d", "split": "sections", "lr": "5e-4"})  # YAML 1.1 reads 5e-4 as text
+    assert (c.dataset, c.split, c.lr, c.augment, c.weight_decay) == ("d", "sections", 5e-4, False, 0.2)
+
+
+def test_checkpoint_round_trip_is_bit_exact_and_row_sparse(tmp_path):
+    """Mostly-zero matrices (Adam's moments of an embedding whose rows are barely used) are stored as their
+    non-zero rows and come back bit for bit (a -0.0 row is not dropped); everything else as is."""
+    emb = torch.zeros(1000, 16)
+    emb[[3, 500, 999]] = torch.randn(3, 16)
+    emb[7, 2] = -0.0
+    dense = torch.randn(64, 64)
+    groups = {"optimizer": {"state.0.exp_avg": emb, "state.1.exp_avg": dense, "state.0.step": torch.tensor(3.0),
+                            "ids": torch.arange(5000).reshape(1000, 5) * 0}}
+    ckpt_io.save(tmp_path / "c", groups, {"step": 3, "lr": [5e-4]})
+    back, state = ckpt_io.load(tmp_path / "c")
+    assert state == {"step": 3, "lr": [5e-4]}
+    for k, v in groups["optimizer"].items():
+        got = back["optimizer"][k]
+        assert got.dtype == v.dtype and got.shape == v.shape and torch.equal(got.reshape(-1).view(torch.uint8), v.reshape(-1).view(torch.uint8)), k
+    manifest = json.loads((tmp_path / "c" / "checkpoint.json").read_text())
+    assert set(manifest["files"]["optimizer"]["row_sparse"]) == {"state.0.exp_avg", "ids"}
+    assert manifest["files"]["optimizer"]["bytes"] < (emb.numel() + dense.numel()) * 4

@@ -999,7 +999,7 @@ _CLI_FIELDS = {  # CLI flag -> TrainConfig field
     "lr": "lr", "weight_decay": "weight_decay", "warmup_steps": "warmup_steps", "schedule": "schedule",
     "targets": "targets", "sigma": "sigma", "grad_clip": "grad_clip", "grad_accum_steps": "grad_accum_steps",
     "precision": "precision", "num_workers": "num_workers", "seed": "seed", "device": "device",
-    "out": "run_dir", "checkpoint_every_steps": "checkpoint_every_steps", "max_steps": "max_steps",
+    "run_dir": "run_dir", "checkpoint_every_steps": "checkpoint_every_steps", "max_steps": "max_steps",
     "log_every_steps": "log_every_steps",
 }
 
@@ -1038,10 +1038,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     a("--checkpoint-every-steps", type=int)
     a("--log-every-steps", type=int)
     a("--max-steps", type=int, help="stop after this many optimizer steps (the schedule is unchanged)")
-    a("--out", help="run directory (e.g. runs/NAME)")
+    a("--run-dir", help="run directory (e.g. runs/NAME)")
     g = parser.add_mutually_exclusive_group()
     g.add_argument("--resume", dest="resume", action="store_const", const=True, default=None,
-                   help="continue from <out>/checkpoint-last/ (error when there is none)")
+                   help="continue from <run-dir>/checkpoint-last/ (error when there is none)")
     g.add_argument("--no-resume", dest="resume", action="store_const", const=False,
                    help="start afresh even when a checkpoint exists (default: resume a matching one)")
     parser.set_defaults(func=_cli)

@@ -27,7 +27,7 @@ def _lines(text: str) -> list[str]:
 
 
 def test_bad_training_parameter_is_one_line_without_traceback(tmp_path):
-    res = _cytoclip("train", "--dataset", str(tmp_path), "--batch-size", "0", "--out", str(tmp_path / "run"))
+    res = _cytoclip("train", "--dataset", str(tmp_path), "--batch-size", "0", "--run-dir", str(tmp_path / "run"))
     assert res.returncode == 2, res.stderr
     assert "Traceback" not in res.stderr
     assert _lines(res.stderr) == [
@@ -36,7 +36,7 @@ def test_bad_training_parameter_is_one_line_without_traceback(tmp_path):
 
 
 def test_debug_flag_and_environment_show_the_traceback(tmp_path):
-    args = ("train", "--dataset", str(tmp_path), "--batch-size", "0", "--out", str(tmp_path / "run"))
+    args = ("train", "--dataset", str(tmp_path), "--batch-size", "0", "--run-dir", str(tmp_path / "run"))
     for res in (_cytoclip("--debug", *args), _cytoclip(*args, "--debug"), _cytoclip(*args, env={cli.DEBUG_ENV: "1"})):
         assert res.returncode == 2, res.stderr
         assert "Traceback (most recent call last)" in res.stderr
@@ -56,7 +56,7 @@ def test_unknown_field_in_a_config_file_names_the_file_and_field(tmp_path):
 
 def test_prepare_with_a_missing_atlas_root_is_one_line(tmp_path):
     missing = tmp_path / "no-atlas"
-    res = _cytoclip("prepare", "regions", "--atlas", str(missing), "--out", str(tmp_path / "out"))
+    res = _cytoclip("prepare", "regions", "--atlas", str(missing), "--output-dir", str(tmp_path / "out"))
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert _lines(res.stderr) == [f"cytoclip prepare regions: error: {missing}: atlas root not found (expected a "
                                   "directory with ontology/ and data2d/)"]

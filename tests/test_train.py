@@ -261,7 +261,7 @@ def test_cli_parses_into_config(tmp_path):
     p = argparse.ArgumentParser()
     configure_parser(p)
     args = p.parse_args(["--dataset", "d", "--model", "tiny", "--image-type", "square224", "--split", "sections",
-                         "--epochs", "3", "--batch-size", "16", "--targets", "labels", "--out", "runs/x",
+                         "--epochs", "3", "--batch-size", "16", "--targets", "labels", "--run-dir", "runs/x",
                          "--resume", "--config", str(tmp_path / "c.yaml")])
     cfg = config_from_args(args)
     assert (cfg.dataset, cfg.epochs, cfg.batch_size, cfg.lr, cfg.warmup_steps) == ("d", 3, 16, 1e-3, 5)
@@ -293,7 +293,7 @@ def test_cli_train_runs(dataset, tmp_path, capsys):
     out = tmp_path / "cli-run"
     rc = main(["train", "--dataset", str(dataset), "--model", "tiny", "--image-type", "square224", "--image-size",
                "64", "--epochs", "1", "--batch-size", "16", "--lr", "5e-4", "--targets", "labels", "--num-workers",
-               "0", "--device", "cpu", "--out", str(out)])
+               "0", "--device", "cpu", "--run-dir", str(out)])
     assert rc == 0 and (out / "model").is_dir() and str(out) in capsys.readouterr().out
     assert json.loads((out / "config.json").read_text())["targets"] == "labels"
 

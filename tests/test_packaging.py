@@ -58,6 +58,69 @@ def test_every_verb_has_help():
         assert "usage: cytoclip" in out.stdout
 
 
+# --------------------------------------------------------------------------------------------- the lock
+
+LOCK = ROOT / "requirements" / "lock-linux-x86_64-py311.txt"
+
+
+def _locked() -> dict[str, tuple[str, list[str]]]:
+    """The lock's entries: normalised name -> (version, sha256 hashes)."""
+    entries: dict[str, tuple[str, list[str]]] = {}
+    text = LOCK.read_text().replace("\\\n", " ")
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        req, *opts = line.split()
+        name, sep, version = req.partition("==")
+        assert sep, f"{LOCK.name}: {req!r} is not pinned with =="
+        hashes = [o.split(":", 1)[1] for o in opts if o.startswith("--hash=sha256:")]
+        entries[_name(name)] = (version, hashes)
+    return entries
+
+
+def test_lock_pins_every_package_with_a_hash():
+    entries = _locked()
+    assert len(entries) > 100
+    unhashed = sorted(n for n, (_, hashes) in entries.items() if not hashes)
+    assert not unhashed, f"{LOCK.name}: no --hash for {unhashed}"
+    # the build tools of the editable install are locked too (make venv builds with --no-build-isolation)
+    assert {"pip", "setuptools", "wheel"} <= set(entries)
+
+
+def test_lock_satisfies_the_ranges_of_pyproject_and_the_pins():
+    from packaging.requirements import Requirement
+
+    entries = _locked()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins = [r for r in (ROOT / "requirements" / "pins.in").read_text().splitlines()
+            if r.strip() and not r.startswith("#")]
+    for spec in [*project["dependencies"], *project["optional-dependencies"]["dev"], *pins]:
+        req = Requirement(spec)
+        name = _name(req.name)
+        assert name in entries, f"{LOCK.name} lacks {req.name} (run `make lock`)"
+        assert req.specifier.contains(entries[name][0], prereleases=True), (
+            f"{LOCK.name}: {name}=={entries[name][0]} is outside {spec!r} (run `make lock`)")
+    assert entries["torch"][0] == "2.14.1" and entries["torchvision"][0] == "0.29.1"
+
+
+def test_lock_names_no_machine_paths():
+    # indexes come from pip's configuration; a path of this machine in the lock breaks it elsewhere
+    text = LOCK.read_text()
+    for marker in ("file://", "/opt/", "/tmp/", "/work/", "--index-url", "--find-links"):
+        assert marker not in text, f"{LOCK.name} contains {marker!r}"
+
+
+def test_make_venv_installs_from_the_lock():
+    makefile = (ROOT / "Makefile").read_text()
+    assert f"LOCK      ?= {LOCK.relative_to(ROOT)}" in makefile
+    recipe = makefile.split("$(VENV)/.installed:", 1)[1].split("\n\n", 1)[0]
+    assert "pip install --quiet --require-hashes -r $(LOCK)" in recipe
+    assert "--no-deps" in recipe.split("-e .")[0].splitlines()[-1]  # the project adds nothing unlocked
+    for target in ("lock:", "lock-upgrade:", "test-latest:"):
+        assert f"\n{target}" in makefile
+
+
 # --------------------------------------------------------------------------------- package structure (models)
 
 def _imported_modules(path: Path) -> set[str]:

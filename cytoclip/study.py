@@ -326,10 +326,10 @@ def _write_book_includes(study: Study, profile: str, runtimes: dict[str, dict]) 
         if src == "synthetic":
             atlas_profiles = sorted({str(p.get("atlas_profile")) for p in params.values()})
             lines.append(f"- **Data:** the *synthetic atlas* (`cytoclip synth`, profile {', '.join(atlas_profiles)}, "
-                         f"seed {params[next(iter(params))].get('seed', 0)}), written in the DHARANI layout. "
+                         f"seed {params[next(iter(params))].get('atlas_seed', 0)}), written in the DHARANI layout. "
                          "**Not DHARANI data**: every number computed on it is labelled synthetic.")
         else:
-            roots = sorted({str(p.get("atlas_root")) for p in params.values()})
+            roots = sorted({str(p.get("atlas")) for p in params.values()})
             lines.append(f"- **Data:** a DHARANI mirror at {', '.join(roots)}.")
     lines.append(f"- **Models trained or evaluated:** {', '.join(f'`{m}`' for m in models)}"
                  + (" (`tiny`: a small CLIP trained from scratch on the CPU, standing in for the paper's pretrained "

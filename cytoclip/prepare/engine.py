@@ -567,7 +567,6 @@ def combine(kind: Kind, output_dir: Path, info: dict, keys: list[str], skipped: 
                if len(manifest) else pd.Series(dtype=int))
     report = {
         **{k: v for k, v in info.items()},
-        "atlas_root": info["atlas"],  # the name evaluate.data_source reads
         "n_sections": len(keys), "n_sections_used": len(records),
         "resumed_sections": len(resumed & set(by_key)), "n_images": int(len(manifest)),
         "n_labels": int(len(table)),

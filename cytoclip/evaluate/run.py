@@ -57,7 +57,7 @@ def _run_config(model: Any) -> dict | None:
 
 def resolve_evaluation(model: Any, dataset: str | os.PathLike, image_type: str | None = None,
                        split: str | None = None, seed: int | None = None,
-                       retrieval_size: int | None = None) -> dict[str, Any]:
+                       retrieval_size: int | None = None, manifest: pd.DataFrame | None = None) -> dict[str, Any]:
     """The evaluation settings that every door resolves the same way.
 
     For a training run directory, ``image_type``, ``split`` and ``seed`` default to the run's own; otherwise to
@@ -66,7 +66,7 @@ def resolve_evaluation(model: Any, dataset: str | os.PathLike, image_type: str |
     """
     from cytoclip.data import load_manifest
 
-    manifest = load_manifest(dataset)
+    manifest = load_manifest(dataset) if manifest is None else manifest
     types = sorted(manifest["image_type"].astype(str).unique())
     run = _run_config(model) or {}
     image_type = image_type or run.get("image_type") or next((t for t in ("square224", "tile") if t in types),
@@ -122,10 +122,10 @@ def evaluate(model: Any, dataset: str | os.PathLike, output_dir: str | os.PathLi
     from cytoclip.provenance import data_label, split_provenance
 
     dataset, output_dir = Path(dataset), Path(output_dir)
-    settings = resolve_evaluation(model, dataset, image_type, split, seed, retrieval_size)
+    manifest = load_manifest(dataset)  # read once: the settings and the evaluation use the same table
+    settings = resolve_evaluation(model, dataset, image_type, split, seed, retrieval_size, manifest=manifest)
     image_type, split, seed = settings["image_type"], settings["split"], settings["seed"]
     run_dir = str(Path(model).resolve()) if _run_config(model) is not None else None
-    manifest = load_manifest(dataset)
     if split is not None:
         from cytoclip.splits import assign_split
 

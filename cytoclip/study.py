@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from cytoclip.io import fingerprint, read_json, write_json
+from cytoclip.progress import PROGRESS_FILE_ENV, StudyMonitor, format_duration
 
 STUDY_FILE = "_config.yml"
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -201,8 +202,13 @@ def _experiment_fingerprint(study: Study, exp_id: str, params: dict, upstream: d
 
 
 def run_study(profile: str = "demo", only: list[str] | None = None, config: str | os.PathLike | None = None,
-              force: bool = False, kernel_name: str | None = None, log=print) -> list[ExperimentOutcome]:
-    """Execute the study's experiments for ``profile``; returns one outcome per experiment in order."""
+              force: bool = False, kernel_name: str | None = None, log=print,
+              monitor: bool = True) -> list[ExperimentOutcome]:
+    """Execute the study's experiments for ``profile``; returns one outcome per experiment in order.
+
+    While an experiment runs, a status line (``monitor``) shows its cells done, the step it is in (the training
+    epoch and loss when it trains) and the time left, estimated from the last run of the same profile.
+    """
     import papermill as pm
 
     study = load_study(config)
@@ -210,6 +216,7 @@ def run_study(profile: str = "demo", only: list[str] | None = None, config: str 
     # progress bars belong to interactive use; in executed pages they are noise (the runner logs progress)
     os.environ.setdefault("TQDM_DISABLE", "1")
     code = code_fingerprint()
+    previous_runtimes = _previous_runtimes(study, profile)
     outcomes: dict[str, ExperimentOutcome] = {}
     fingerprints: dict[str, str] = {}
     (study.book_dir / "experiments").mkdir(parents=True, exist_ok=True)
@@ -238,7 +245,9 @@ def run_study(profile: str = "demo", only: list[str] | None = None, config: str 
             continue
         study.results_dir(exp_id).mkdir(parents=True, exist_ok=True)
         running = out_nb.with_name(f".{exp_id}.running.ipynb")
-        log(f"[{i}/{len(order)}] {exp_id}: running {exp.notebook} ({profile})")
+        expected = (previous_runtimes.get(exp_id) or {}).get("seconds")
+        log(f"[{i}/{len(order)}] {exp_id}: running {exp.notebook} ({profile})"
+            + (f", took {format_duration(expected)} last time" if expected else ""))
         t0 = time.perf_counter()
         status, message = "ok", ""
         try:
@@ -247,14 +256,23 @@ def run_study(profile: str = "demo", only: list[str] | None = None, config: str 
             outcomes[exp_id] = ExperimentOutcome(exp_id, "failed", message=str(exc))
             log(f"[{i}/{len(order)}] {exp_id}: FAILED, {exc}")
             continue
+        # the kernel's progress bars publish their state here (cytoclip.progress); the monitor shows it
+        progress_file = study.results_dir(exp_id) / ".progress.json"
+        progress_file.unlink(missing_ok=True)
+        os.environ[PROGRESS_FILE_ENV] = str(progress_file)
         try:
-            pm.execute_notebook(str(src), str(running), parameters=nb_params, cwd=str(study.root),
-                                kernel_name=kernel_name, progress_bar=False, log_output=False,
-                                report_mode=False)
+            with StudyMonitor(f"[{i}/{len(order)}] {exp_id}", running, progress_file, expected,
+                              enabled=monitor):
+                pm.execute_notebook(str(src), str(running), parameters=nb_params, cwd=str(study.root),
+                                    kernel_name=kernel_name, progress_bar=False, log_output=False,
+                                    report_mode=False)
         except pm.PapermillExecutionError as exc:
             status, message = "failed", f"{exc.ename}: {exc.evalue}"
         except Exception as exc:  # kernel died, bad parameters, ...: shown, the study goes on
             status, message = "failed", f"{type(exc).__name__}: {exc}"
+        finally:
+            os.environ.pop(PROGRESS_FILE_ENV, None)
+            progress_file.unlink(missing_ok=True)
         seconds = time.perf_counter() - t0
         if running.exists():
             _dress_for_book(running, exp.title)
@@ -285,6 +303,13 @@ def _dress_for_book(path: Path, title: str) -> None:
         lines = heading.source.lstrip().splitlines()
         heading.source = "\n".join([f"# {title}"] + lines[1:])
     nbformat.write(nb, path)
+
+
+def _previous_runtimes(study: Study, profile: str) -> dict[str, dict]:
+    """Wall times of the last run of ``profile`` (study_log.json), the estimate of each experiment's time left."""
+    log_path = study.book_dir / "results" / "study_log.json"
+    previous = read_json(log_path) if log_path.is_file() else {}
+    return dict(previous.get("runtimes", {})) if previous.get("profile") == profile else {}
 
 
 def _stored_fingerprint(study: Study, exp_id: str) -> str | None:
@@ -409,6 +434,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 2
     bad = [o for o in outcomes if o.status in ("failed", "blocked")]
     counts = {s: sum(o.status == s for o in outcomes) for s in ("ok", "skipped", "failed", "blocked")}
+    width = max(len(o.id) for o in outcomes) if outcomes else 10
+    print(f"{'experiment':{width}s}  {'status':8s} {'wall':>8s}")
+    for o in outcomes:
+        print(f"{o.id:{width}s}  {o.status:8s} {format_duration(o.seconds) if o.status != 'skipped' else '-':>8s}")
+    total = sum(o.seconds for o in outcomes)
+    print(f"{'total':{width}s}  {'':8s} {format_duration(total):>8s}")
     print("study: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     for o in bad:
         print(f"  {o.status}: {o.id} — {o.message}", file=sys.stderr)

@@ -438,6 +438,18 @@ def _seed_everything(seed: int) -> None:
 
 # ============================================================================================ evaluation
 @torch.no_grad()
+def epoch_line(record: dict[str, Any], epochs: int) -> str:
+    """One readable line for an epoch record: ``epoch 3/10 · loss 3.437 · val F1 0.213 (acc 0.25) · 33 img/s``."""
+    parts = [f"epoch {record['epoch']}/{epochs}", f"loss {record['train_loss']:.3f}"]
+    if "val_f1_weighted" in record:
+        parts.append(f"val F1 {record['val_f1_weighted']:.3f} (acc {record['val_accuracy']:.3f}, "
+                     f"{record['val_n']} images)")
+    parts += [f"{record['images_per_s']:.0f} img/s", f"{record['epoch_time_s']:.1f} s"]
+    if record.get("nonfinite_steps"):
+        parts.append(f"{record['nonfinite_steps']} non-finite steps skipped")
+    return " · ".join(parts)
+
+
 def zero_shot_validation(model: Any, dataset: torch.utils.data.Dataset, class_names: list[str], prompt: str,
                          batch_size: int, device: torch.device, num_workers: int = 0,
                          amp_dtype: torch.dtype | None = None) -> dict:
@@ -943,7 +955,8 @@ def _train(config: TrainConfig, dataset_dir: Path, run_dir: Path, dist: DistInfo
                 step += 1
                 bar.update(1)
                 if dist.is_main:
-                    bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", refresh=False)
+                    bar.set_postfix(epoch=f"{epoch + 1}/{config.epochs}", loss=f"{loss_value:.3f}",
+                                    lr=f"{scheduler.get_last_lr()[0]:.2e}", refresh=False)
                 if config.log_every_steps and step % config.log_every_steps == 0:
                     history.append({"kind": "step", "epoch": epoch, "step": step, "train_loss": loss_value,
                                     "lr": scheduler.get_last_lr()[0]})
@@ -977,8 +990,7 @@ def _train(config: TrainConfig, dataset_dir: Path, run_dir: Path, dist: DistInfo
             history.append(record)
             if dist.is_main:
                 _write_logs(run_dir, history)
-                msg = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items() if k != "kind"}
-                bar.write(f"epoch {epoch + 1}/{config.epochs}: {msg}")
+                bar.write(epoch_line(record, config.epochs))
             save_checkpoint(None)
     bar.close()
     del loader  # stops the persistent workers now rather than at garbage collection

@@ -112,3 +112,14 @@ def test_study_monitor_logs_status_lines_off_a_terminal(tmp_path):
     assert lines and all(ln.startswith("[2/5] zero_shot · ") for ln in lines)
     assert any("cell 1/2 · embedding 3/9 batch" in ln for ln in lines)
     assert any("embedding 6/9 batch" in ln for ln in lines)
+
+
+def test_an_epoch_is_one_readable_line_not_a_dict():
+    from cytoclip.train import epoch_line
+
+    rec = {"kind": "epoch", "epoch": 3, "step": 21, "train_loss": 3.4369, "lr": 5e-4, "images_per_s": 33.2,
+           "model_images_per_s": 34.0, "epoch_time_s": 13.88, "nonfinite_steps": 0, "data": "synthetic atlas",
+           "val_accuracy": 0.25, "val_f1_weighted": 0.2131, "val_n": 480}
+    line = epoch_line(rec, 10)
+    assert line == "epoch 3/10 · loss 3.437 · val F1 0.213 (acc 0.250, 480 images) · 33 img/s · 13.9 s"
+    assert "{" not in epoch_line({**rec, "nonfinite_steps": 2}, 10)

@@ -326,6 +326,35 @@ def paper_layout(table: pd.DataFrame, which: str) -> pd.DataFrame:
     return out.reset_index().fillna("")
 
 
+#: the metric that says the most about a row, per paper table (the one a page's opening lines quote)
+KEY_METRIC = {"I": "f1_weighted", "II": "f1_weighted", "III": "f1_weighted", "IV": "recall_at_5"}
+
+
+def at_a_glance(headline: pd.DataFrame, paper: pd.DataFrame | None = None) -> list[str]:
+    """What a page found, one markdown line per row of its headline: the row's key metric
+    (:data:`KEY_METRIC`), ours with its interval (and mean ± std over seeds) beside the paper's value."""
+    if headline is None or headline.empty:
+        return []
+    table = beside_paper(headline, paper, all_paper_rows=False)
+    names = {"f1_weighted": "weighted F1", "recall_at_5": "R@5"}
+    lines = []
+    for _, r in table.iterrows():
+        if r["metric"] != KEY_METRIC.get(str(r["table"])) or pd.isna(r["ours"]):
+            continue
+        what = ", ".join(str(r[c]) for c in ("model", "image_type", "label_type", "task") if str(r[c]).strip()
+                         and str(r[c]) != "single")
+        if str(r.get("training_data", "")).strip() and str(r["table"]) == "III":
+            what += f", {r['training_data']} → {r['validation_data']}"
+        text = f"Table {r['table']}, {what}: {names[r['metric']]} **{r['ours']:.3f}**"
+        if pd.notna(r["ci_low"]):
+            text += f" [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+        if int(r.get("n_seeds", 1) or 1) > 1 and pd.notna(r.get("seed_std")):
+            text += f", {r['seed_mean']:.3f} ± {r['seed_std']:.3f} over {int(r['n_seeds'])} seeds"
+        text += f" (paper, DHARANI: {r['paper']:.3f})" if pd.notna(r["paper"]) else ""
+        lines.append(text)
+    return lines
+
+
 def verdict(ours: float, low: float, high: float, paper: float, tolerance: float = 0.05) -> str:
     """How our number relates to the paper's: ``"agrees"`` (the paper's value lies inside our interval, or
     within ``tolerance`` when we have no interval), ``"higher"``, ``"lower"``, or ``"no paper number"`` /
@@ -392,4 +421,4 @@ def summary_statements(table: pd.DataFrame) -> list[str]:
 
 __all__ = ["KEY_COLUMNS", "HEADLINE_COLUMNS", "HeadlineError", "paper_tables", "paper_key", "headline_row",
            "classification_rows", "retrieval_rows", "headline_frame", "summary_frame", "records_frame", "paper_layout", "write_results", "to_jsonable", "read_headline",
-           "collect_headlines", "beside_paper", "verdict", "add_verdicts", "summary_statements"]
+           "collect_headlines", "beside_paper", "at_a_glance", "KEY_METRIC", "verdict", "add_verdicts", "summary_statements"]

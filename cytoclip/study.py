@@ -275,7 +275,7 @@ def run_study(profile: str = "demo", only: list[str] | None = None, config: str 
             progress_file.unlink(missing_ok=True)
         seconds = time.perf_counter() - t0
         if running.exists():
-            _dress_for_book(running, exp.title)
+            _dress_for_book(running, exp.title, study, exp_id, status, seconds)
             os.replace(running, out_nb)  # the failed notebook is kept on purpose: it shows the error
         write_json(record_path, {"experiment": exp_id, "title": exp.title, "profile": profile, "status": status,
                                  "message": message, "fingerprint": fp, "params": params,
@@ -288,21 +288,79 @@ def run_study(profile: str = "demo", only: list[str] | None = None, config: str 
     return result
 
 
-def _dress_for_book(path: Path, title: str) -> None:
-    """Title the executed page after its experiment (one notebook runs several experiments) and fold the
-    parameter cells away (Jupyter Book's ``hide-cell`` tag; readers can still open them)."""
+def _dress_for_book(path: Path, title: str, study: Study | None = None, exp_id: str | None = None,
+                   status: str = "ok", seconds: float | None = None) -> None:
+    """Make an executed notebook a page a reader reads, not a log.
+
+    - Title it after its experiment (one notebook runs several experiments).
+    - Open it with what was run on which data and what it found (from the page's own ``results.json`` and
+      ``headline.csv``: :func:`cytoclip.report.at_a_glance`).
+    - Fold the parameter cells away (Jupyter Book's ``hide-cell``; readers can still open them).
+    - Keep the machine out of the published outputs: stderr (warnings, library chatter) moves to
+      ``results/<id>/stderr.txt``, and the study root's absolute path becomes relative.
+    """
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
-    for cell in nb.cells:
+    root = f"{study.root}{os.sep}" if study is not None else None
+    stderr: list[str] = []
+    for idx, cell in enumerate(nb.cells):
         tags = cell.metadata.setdefault("tags", [])
         if ("parameters" in tags or "injected-parameters" in tags) and "hide-cell" not in tags:
             tags.append("hide-cell")
+        if cell.cell_type != "code":
+            continue
+        kept = []
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream" and out.get("name") == "stderr":
+                stderr.append(f"--- cell {idx}\n{out.get('text', '')}")
+                continue
+            if root:
+                if "text" in out:
+                    out["text"] = out["text"].replace(root, "")
+                for mime, value in out.get("data", {}).items():
+                    if mime.startswith("text/") and isinstance(value, str):
+                        out["data"][mime] = value.replace(root, "")
+            kept.append(out)
+        cell["outputs"] = kept
     heading = next((c for c in nb.cells if c.cell_type == "markdown" and c.source.lstrip().startswith("# ")), None)
     if heading is not None:
         lines = heading.source.lstrip().splitlines()
         heading.source = "\n".join([f"# {title}"] + lines[1:])
+    if study is not None and exp_id is not None:
+        results = study.results_dir(exp_id)
+        if stderr:
+            (results / "stderr.txt").write_text("\n".join(stderr))
+        glance = _glance_markdown(results, status, seconds)
+        if glance and heading is not None:
+            at = nb.cells.index(heading) + 1
+            cell = nbformat.v4.new_markdown_cell(glance)
+            cell.metadata["tags"] = ["at-a-glance"]
+            nb.cells.insert(at, cell)
     nbformat.write(nb, path)
+
+
+def _glance_markdown(results_dir: Path, status: str, seconds: float | None) -> str:
+    """The opening lines of a page: what ran, on which data, and what it found."""
+    from cytoclip import report
+
+    res = read_json(results_dir / "results.json") if (results_dir / "results.json").is_file() else {}
+    headline = results_dir / "headline.csv"
+    found = report.at_a_glance(report.read_headline(headline)) if headline.is_file() else []
+    if not res and not found:
+        return ""
+    data = res.get("data") or "unknown data"
+    dep = res.get("departures") or []
+    lines = [f"**At a glance.** Profile `{res.get('profile', '')}`, data: **{data}**"
+             + (" (not DHARANI)" if data == "synthetic atlas" else "")
+             + (f", {len(dep)} departure(s) from the paper's protocol (listed below)" if dep else
+                ", the paper's protocol")
+             + (f"; ran in {format_duration(seconds)}" if seconds else "")
+             + ("." if status == "ok" else f"; **{status}** (the error is shown below).")]
+    if found:
+        lines.append("")
+        lines += [f"- {line}" for line in found]
+    return "\n".join(lines)
 
 
 def _previous_runtimes(study: Study, profile: str) -> dict[str, dict]:

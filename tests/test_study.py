@@ -140,3 +140,39 @@ def test_the_running_notebook_knows_its_declared_parameters():
         ["seed", "epochs", "lr", "wd"]
     assert declared_in_namespace({"In": ["", params, "page = ..."]}) == ["seed", "epochs", "lr", "wd"]
     assert declared_in_namespace({}) == []
+
+
+def test_a_page_opens_with_what_ran_and_what_it_found_and_publishes_no_machine_details(mini_study: Path):
+    """The executed page: an at-a-glance cell after the title (data, departures, the key numbers beside the
+    paper's), no stderr (warnings go to results/<id>/stderr.txt), no absolute path of the study root."""
+    from cytoclip import report
+
+    study = st.load_study(mini_study)
+    exp_id = next(iter(study.experiments))
+    results = study.results_dir(exp_id)
+    results.mkdir(parents=True)
+    key = report.paper_key("II", image_type="ExactBBox")
+    rows = [report.headline_row(key, m, v, (v - 0.05, v + 0.05), "tiny", "synthetic atlas")
+            for m, v in (("precision_weighted", 0.4), ("recall_weighted", 0.3), ("f1_weighted", 0.31))]
+    report.write_results(results, {"profile": "demo", "data": "synthetic atlas",
+                                   "departures": [{"key": "epochs", "paper": 50, "ours": 10, "reason": "CPU"}]}, rows)
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# Old title\nwhat the page does"),
+                nbformat.v4.new_code_cell("x")]
+    root = str(study.root)
+    nb.cells[1].outputs = [
+        nbformat.v4.new_output("stream", name="stderr", text=f"{root}/cytoclip/x.py:3: UserWarning: noise\n"),
+        nbformat.v4.new_output("stream", name="stdout", text=f"wrote {root}/book/results/a.json\n"),
+        nbformat.v4.new_output("display_data", data={"text/markdown": f"run `{root}/runs/demo/x`"})]
+    path = study.root / "page.ipynb"
+    nbformat.write(nb, path)
+    st._dress_for_book(path, "New title", study, exp_id, "ok", 75.0)
+    out = nbformat.read(path, as_version=4)
+    assert out.cells[0].source.startswith("# New title")
+    glance = out.cells[1]
+    assert glance.cell_type == "markdown" and glance.source.startswith("**At a glance.**")
+    assert "synthetic atlas" in glance.source and "1 departure(s)" in glance.source and "1:15" in glance.source
+    assert "weighted F1 **0.310** [0.260, 0.360]" in glance.source and "paper, DHARANI:" in glance.source
+    text = json.dumps(out.cells[2].outputs)
+    assert root not in text and "UserWarning" not in text and "wrote book/results/a.json" in text
+    assert "UserWarning: noise" in (results / "stderr.txt").read_text()

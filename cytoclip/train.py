@@ -38,6 +38,7 @@ import torch
 import torch.nn as nn
 
 from cytoclip import checkpoint as ckpt_io
+from cytoclip.evaluate.zero_shot import ontology_paths_of
 from cytoclip.io import atomic_path, fingerprint, write_json
 from cytoclip.loss import TARGETS, ContrastiveLoss
 
@@ -158,8 +159,8 @@ class TrainConfig:
         need(is_int(self.seed) and 0 <= self.seed < 2**63, "seed", "an integer in [0, 2**63)")
         need(isinstance(self.device, str) and _is_device(self.device), "device", "'auto', 'cpu', 'cuda' or 'cuda:N'")
         need(is_int(self.val_every_epochs) and self.val_every_epochs >= 0, "val_every_epochs", "an integer >= 0")
-        need(isinstance(self.prompt, str) and "{}" in self.prompt, "prompt",
-             "a string with '{}' where the class name goes")
+        need(isinstance(self.prompt, str) and ("{}" in self.prompt or self.prompt == "ontology_path"), "prompt",
+             "a string with '{}' where the class name goes, or 'ontology_path'")
         need(is_int(self.checkpoint_every_steps) and self.checkpoint_every_steps >= 0, "checkpoint_every_steps",
              "an integer >= 0")
         need(is_int(self.log_every_steps) and self.log_every_steps >= 0, "log_every_steps", "an integer >= 0")
@@ -452,20 +453,25 @@ def epoch_line(record: dict[str, Any], epochs: int) -> str:
 
 def zero_shot_validation(model: Any, dataset: torch.utils.data.Dataset, class_names: list[str], prompt: str,
                          batch_size: int, device: torch.device, num_workers: int = 0,
-                         amp_dtype: torch.dtype | None = None) -> dict:
+                         amp_dtype: torch.dtype | None = None,
+                         ontology_paths: dict[str, str] | None = None) -> dict:
     """Zero-shot accuracy and weighted F1 of ``model`` on ``dataset`` by the study's one zero-shot classifier
     (:mod:`cytoclip.evaluate.zero_shot`), so the validation curve measures what the evaluation reports
     (``device`` and ``amp_dtype`` are the model's own: it embeds under ``model.autocast``)."""
     from sklearn.metrics import f1_score
 
     from cytoclip.evaluate import embed_images, text_classifier, zero_shot
+    from cytoclip.evaluate.zero_shot import ontology_paths_of
 
     was_training = model.module.training
     model.eval()
     try:
         emb = embed_images(model, dataset, batch_size=batch_size, num_workers=num_workers,
                            desc="zero-shot validation")
-        pred, _ = zero_shot(model, emb, class_names, text_emb=text_classifier(model, class_names, prompt))
+        if ontology_paths is None and hasattr(dataset, "frame"):
+            ontology_paths = ontology_paths_of(dataset.frame)
+        text_emb = text_classifier(model, class_names, prompt, ontology_paths)
+        pred, _ = zero_shot(model, emb, class_names, text_emb=text_emb)
     finally:
         model.train(was_training)
     y_true = np.asarray(dataset.labels) if hasattr(dataset, "labels") else np.asarray([dataset[i][2]
@@ -739,6 +745,7 @@ def _train(config: TrainConfig, dataset_dir: Path, run_dir: Path, dist: DistInfo
     # -- data -------------------------------------------------------------------------------------------------
     train_ds, val_ds, image_type = build_datasets(config, model)
     class_names = list(train_ds.class_names)
+    ontology_paths = ontology_paths_of(train_ds.frame) if hasattr(train_ds, "frame") else None
     # captions are tokenised once; items carry a caption index (cheap to collate, no tokenizer in workers)
     caption_tokens = model.tokenize(list(train_ds.captions)).to(device)
     per_rank = len(train_ds) // dist.world_size
@@ -984,7 +991,7 @@ def _train(config: TrainConfig, dataset_dir: Path, run_dir: Path, dist: DistInfo
                 if dist.is_main:
                     record.update(zero_shot_validation(model, val_ds, class_names, config.prompt, config.batch_size,
                                                        device, num_workers=config.num_workers,
-                                                       amp_dtype=amp_dtype))
+                                                       amp_dtype=amp_dtype, ontology_paths=ontology_paths))
                 if dist.world_size > 1:
                     torch.distributed.barrier()
             history.append(record)

@@ -103,7 +103,7 @@ def _write_derived(parent: Path, frame: pd.DataFrame, info: dict) -> Path:
 
 def experiment_dataset(dataset: str | os.PathLike, image_type: str | Sequence[str] | None = None,
                        planes: Sequence[str] | None = None, split: str = "sections", split_seed: int = 0,
-                       label_type: str = "single", within_fraction: float = 0.2) -> Path:
+                       label_type: str = "single", within_fraction: float = 0.2, prompt: str = "{}") -> Path:
     """The dataset one experiment trains and validates on, derived from a prepared dataset.
 
     * ``image_type``: the image type(s) kept; ``planes``: the sectioning planes kept (Tables I-II: sagittal);
@@ -113,7 +113,10 @@ def experiment_dataset(dataset: str | os.PathLike, image_type: str | Sequence[st
       (the other age or plane), so one run gives the cross number and the within number beside it;
     * ``label_type="multi"``: the multi-region labels of paper III-B become the labels and captions ("Hippocampus,
       Subiculum": the primary region and the neighbours with > 80 % of their area in the crop);
-      ``primary_label`` keeps the single region for the paper's multi-region rule.
+      ``primary_label`` keeps the single region for the paper's multi-region rule;
+    * ``prompt``: the training caption of each image, rendered from its label by the zero-shot classifier's own
+      rule (:func:`cytoclip.evaluate.zero_shot.class_texts`: a ``{}`` template, or ``"ontology_path"``), so a
+      model is trained on the text it is later asked to match. The paper's is the bare name, ``"{}"``.
 
     Rows outside the selection or the split are dropped. The images are not copied.
     """
@@ -150,9 +153,17 @@ def experiment_dataset(dataset: str | os.PathLike, image_type: str | Sequence[st
         frame = frame.assign(primary_label=frame["label"], label=joined, caption=joined)
     elif label_type != "single":
         raise ValueError(f"label_type: expected 'single' or 'multi', got {label_type!r}")
+    if prompt != "{}":
+        from cytoclip.evaluate.zero_shot import class_texts, ontology_paths_of
+
+        names = sorted(frame["label"].astype(str).unique())
+        text = {n: t[0] for n, t in zip(names, class_texts(names, prompt, ontology_paths_of(frame)))}
+        frame = frame.assign(caption=frame["label"].astype(str).map(text))
     info = {"name": f"{split}-{label_type}", "image_types": types or None, "planes": list(planes or []) or None,
             "split": split, "split_seed": int(split_seed), "label_type": label_type,
             "within_fraction": within_fraction}
+    if prompt != "{}":  # the name of the paper's datasets is unchanged
+        info["prompt"] = prompt
     return _write_derived(parent, frame, info)
 
 

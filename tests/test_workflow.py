@@ -88,27 +88,6 @@ def test_table_one_ordering_statement():
     assert any("Table I, the paper: every trained CytoCLIP row beats" in s for s in lines)
 
 
-# ------------------------------------------------------------------------------------------------ workflow
-def _dataset(tmp_path: Path, n_sections: int = 5, labels=("A", "B", "C"), types=("square224",)) -> Path:
-    """A tiny prepared dataset: one 8x8 PNG per (section, label, type), two ages and two planes."""
-    root = tmp_path / "prepared" / "regions"
-    (root / "img").mkdir(parents=True)
-    rows = []
-    colors = {lab: i * 80 for i, lab in enumerate(labels)}
-    for s in range(n_sections):
-        specimen, age, plane = (1, 24.0, "sagittal") if s < n_sections - 2 else (
-            (2, 21.0, "sagittal") if s == n_sections - 2 else (3, 22.0, "coronal"))
-        for li, lab in enumerate(labels):
-            for t in types:
-                path = f"img/{s}_{lab}_{t}.png"
-                Image.fromarray(np.full((8, 8, 3), colors[lab], np.uint8)).save(root / path)
-                rows.append({"path": path, "image_type": t, "label": lab, "label_id": 100 + li, "caption": lab,
-                             "multi_labels": [lab], "specimen": specimen, "section": s, "age_gw": age,
-                             "plane": plane, "split": "val" if s % 3 == 0 else "train", "mpp": 16.0})
-    pd.DataFrame(rows).to_parquet(root / "manifest.parquet")
-    return root
-
-
 def test_paper_layout_one_row_per_model():
     rows = []
     for model, size, value in (("CytoCLIP (CLIP)", "224", 0.2), ("CytoCLIP (CLIP)", "336", 0.3)):
@@ -141,6 +120,7 @@ def _dataset(tmp_path: Path, n_sections: int = 5, labels=("A", "B", "C"), types=
                 others = [x for x in labels if x != lab][:1]
                 rows.append({"path": path, "image_type": t, "label": lab, "label_id": 100 + li, "caption": lab,
                              "multi_labels": [lab] + (others if li == 0 else []), "specimen": specimen,
+                             "ontology_path": f"Brain / Forebrain / Part {lab}",
                              "section": s, "age_gw": age, "plane": plane,
                              "split": "val" if s % 3 == 0 else "train", "mpp": 16.0})
     pd.DataFrame(rows).to_parquet(root / "manifest.parquet")
@@ -251,3 +231,18 @@ def test_a_departure_without_a_reason_is_refused(tmp_path: Path):
     (tmp_path / "_config.yml").write_text(yaml.safe_dump(config))
     with pytest.raises(st.StudyConfigError, match=r"departs from the paper in \['augment'\]"):
         st.load_study(tmp_path / "_config.yml")
+
+
+def test_experiment_dataset_renders_captions_from_the_prompt(tmp_path: Path):
+    """The training caption follows the prompt by the zero-shot classifier's own rule; "{}" keeps the paper's."""
+    d = _dataset(tmp_path, n_sections=8)
+    bare = pd.read_parquet(wf.experiment_dataset(d, "square224") / "manifest.parquet")
+    assert (bare["caption"] == bare["label"]).all()
+    sentence = wf.experiment_dataset(d, "square224", prompt="a Nissl-stained section of the {}")
+    m = pd.read_parquet(sentence / "manifest.parquet")
+    assert set(m["caption"]) == {f"a Nissl-stained section of the {x}" for x in "ABC"}
+    path = pd.read_parquet(wf.experiment_dataset(d, "square224", prompt="ontology_path") / "manifest.parquet")
+    assert set(path["caption"]) == {f"{x}, part of the forebrain" for x in "ABC"}
+    assert sentence != wf.experiment_dataset(d, "square224")
+    with pytest.raises(ValueError, match="prompt"):
+        wf.experiment_dataset(d, "square224", prompt="no placeholder")

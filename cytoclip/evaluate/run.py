@@ -25,7 +25,7 @@ import pandas as pd
 from cytoclip.evaluate.classification import classification_summary, multi_region_summary
 from cytoclip.evaluate.embed import embed_images, embed_texts
 from cytoclip.evaluate.retrieval import retrieval, sample_retrieval_set
-from cytoclip.evaluate.zero_shot import text_classifier, zero_shot
+from cytoclip.evaluate.zero_shot import ontology_paths_of, text_classifier, zero_shot
 from cytoclip.io import atomic_path, read_json, write_json
 
 __all__ = ["ARRAYS", "RETRIEVAL_SIZES", "evaluate", "resolve_evaluation", "load_arrays"]
@@ -165,9 +165,7 @@ def evaluate(model: Any, dataset: str | os.PathLike, output_dir: str | os.PathLi
     # ---- classification
     summary, y_pred = None, None
     if has_text:
-        paths = (dict(zip(manifest["label"].astype(str), manifest["ontology_path"].astype(str)))
-                 if "ontology_path" in manifest.columns else None)
-        class_emb = text_classifier(net, class_names, prompt, paths)
+        class_emb = text_classifier(net, class_names, prompt, ontology_paths_of(manifest))
         idx, probs = zero_shot(net, val_emb, class_names, text_emb=class_emb)
         y_pred = np.asarray(class_names)[idx]
         arrays.update(class_text_embeddings=class_emb, predictions=y_pred,

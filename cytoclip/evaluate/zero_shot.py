@@ -11,7 +11,7 @@ import torch
 
 from cytoclip.evaluate.embed import embed_texts
 
-__all__ = ["class_texts", "text_classifier", "zero_shot", "temperature"]
+__all__ = ["class_texts", "ontology_paths_of", "text_classifier", "zero_shot", "temperature"]
 
 
 def _ontology_prompt(name: str, path: str | None) -> str:
@@ -20,6 +20,14 @@ def _ontology_prompt(name: str, path: str | None) -> str:
     if len(parts) < 2:
         return name
     return f"{name}, part of the {parts[-2].lower()}"
+
+
+def ontology_paths_of(frame: Any) -> dict[str, str] | None:
+    """Class name -> ontology path from a manifest with ``label`` and ``ontology_path`` columns (None without the
+    column): what ``prompt="ontology_path"`` needs."""
+    if "ontology_path" not in getattr(frame, "columns", ()):
+        return None
+    return dict(zip(frame["label"].astype(str), frame["ontology_path"].astype(str)))
 
 
 def class_texts(class_names: Sequence[str], prompt: str | Sequence[str] = "{}",

@@ -31,6 +31,26 @@ import torch.nn.functional as F
 TARGETS = ("pairs", "labels", "ontology")
 
 
+def batch_false_negatives(labels: Sequence[Any], batch_size: int, draws: int = 2000, seed: int = 0) -> dict:
+    """How often the paper's pair targets push apart two images of the same region: batches of ``batch_size``
+    drawn uniformly without replacement from ``labels`` (one per training image), ``draws`` times.
+
+    Returns ``share_of_batches`` (the fraction of batches holding some region twice), ``per_batch`` (the mean
+    number of same-region off-diagonal pairs, each a false negative under ``"pairs"``) and ``n_labels``.
+    A simulation rather than a formula: the label frequencies are far from uniform.
+    """
+    codes = np.unique(np.asarray([str(x) for x in labels]), return_inverse=True)[1]
+    if batch_size < 2 or len(codes) < batch_size:
+        raise ValueError(f"batch_size: expected 2..{len(codes)} (the number of labels given), got {batch_size}")
+    rng = np.random.default_rng(seed)
+    pairs = np.empty(draws)
+    for i in range(draws):
+        counts = np.bincount(codes[rng.choice(len(codes), batch_size, replace=False)])
+        pairs[i] = (counts * (counts - 1) // 2).sum()
+    return {"share_of_batches": float((pairs > 0).mean()), "per_batch": float(pairs.mean()),
+            "n_labels": int(codes.max() + 1), "batch_size": int(batch_size)}
+
+
 def _as_label_tensor(labels: Any, n: int, device: torch.device, name: str = "labels") -> torch.Tensor:
     if labels is None:
         raise ValueError(f"{name}: required for label-aware targets ('labels' or 'ontology'); got None")

@@ -37,6 +37,9 @@ class Page:
     data: str = ""
     results: dict[str, Any] = field(default_factory=dict)
     headline: list[dict[str, Any]] = field(default_factory=list)
+    #: what the page found, in words (markdown lines), for findings no paper table holds; the page's opening
+    #: lines show them beside those computed from :attr:`headline` (see cytoclip.study._dress_for_book)
+    glance: list[str] = field(default_factory=list)
 
     @classmethod
     def open(cls, namespace: Mapping[str, Any], study_file: str | os.PathLike = "_config.yml") -> "Page":
@@ -91,12 +94,16 @@ class Page:
                 display(self.departures_table())
         return data
 
-    def train(self, dataset: str | os.PathLike, name: str, image_type: str, seed: int | None = None) -> Path:
+    def train(self, dataset: str | os.PathLike, name: str, image_type: str, seed: int | None = None,
+              **overrides: Any) -> Path:
         """Train (or reuse) the run ``<runs_dir>/<profile>/<name>-seed<seed>`` of the page's training parameters
-        (:data:`TRAIN_PARAMS`) on ``dataset``; returns its directory."""
+        (:data:`TRAIN_PARAMS`, with ``overrides`` of the same names) on ``dataset``; returns its directory."""
         from cytoclip.workflow import ensure_run, run_dir_for
 
-        p = self.params
+        unknown = sorted(set(overrides) - set(TRAIN_PARAMS))
+        if unknown:
+            raise ValueError(f"Page.train: unknown training parameter(s) {unknown}; expected some of {TRAIN_PARAMS}")
+        p = {**self.params, **overrides}
         seed = int(p.get("seed", 0) if seed is None else seed)
         return ensure_run(dataset=dataset, run_dir=run_dir_for(p.get("runs_dir", "runs"), self.profile, name, seed),
                           image_type=image_type, seed=seed, device=self.device,
@@ -132,4 +139,6 @@ class Page:
         """Write ``results.json`` and ``headline.csv`` into the page's output directory."""
         from cytoclip import report
 
+        if self.glance:
+            self.results["glance"] = list(self.glance)
         return report.write_results(self.output_dir, self.results, self.headline)

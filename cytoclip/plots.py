@@ -24,6 +24,7 @@ __all__ = [
     "SYNTHETIC_SUFFIX",
     "titled",
     "confusion_matrix_figure",
+    "seeds_figure",
     "per_region_f1_figure",
     "embedding_figure",
     "umap_figure",
@@ -440,6 +441,26 @@ def beside_paper_figure(table: pd.DataFrame, category: str, metric: str = "f1_we
     ax.set_ylabel(metric.replace("_", " "))
     ax.set_ylim(0, 1)
     ax.legend()
+    ax.set_title(titled(title, synthetic))
+    fig.tight_layout()
+    return fig
+
+
+def seeds_figure(table: pd.DataFrame, variant: str = "variant", value: str = "value", metric_label: str = "",
+                 title: str = "", synthetic: bool = False) -> Figure:
+    """One dot per seed and the mean ± std over seeds, one column per ``variant`` (a long table: one row per
+    variant and seed): what a comparison over seeds looks like before any summary."""
+    fig = Figure(figsize=(max(4.0, 1.3 * table[variant].nunique() + 1.5), 3.4))
+    ax = fig.subplots()
+    names = list(dict.fromkeys(table[variant]))
+    for i, name in enumerate(names):
+        ys = table.loc[table[variant] == name, value].to_numpy(dtype=float)
+        ax.scatter(np.full(len(ys), i) + np.linspace(-0.08, 0.08, len(ys)), ys, s=18, color="#4a7ab5", zorder=3)
+        ax.errorbar([i + 0.22], [ys.mean()], yerr=[ys.std(ddof=1) if len(ys) > 1 else 0.0], fmt="s", ms=6,
+                    color="#b5804a", capsize=3)
+    ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
+    ax.set_ylabel(metric_label or value)
+    ax.set_xlim(-0.5, len(names) - 0.3)
     ax.set_title(titled(title, synthetic))
     fig.tight_layout()
     return fig

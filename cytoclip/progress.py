@@ -38,6 +38,12 @@ def _env_disabled() -> bool:
     return os.environ.get("TQDM_DISABLE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def visible() -> bool:
+    """Whether bars (and the lines a long step prints beside them) are shown: ``TQDM_DISABLE`` is not set.
+    Under the study runner they are not: the page shows figures, the terminal shows the runner's status line."""
+    return not _env_disabled()
+
+
 def _progress_file() -> Path | None:
     value = os.environ.get(PROGRESS_FILE_ENV, "").strip()
     return Path(value) if value else None
@@ -214,5 +220,5 @@ class StudyMonitor:
             self.stream.flush()
 
 
-__all__ = ["tqdm", "publish", "read_progress", "format_duration", "status_line", "StudyMonitor",
+__all__ = ["tqdm", "visible", "publish", "read_progress", "format_duration", "status_line", "StudyMonitor",
            "PROGRESS_FILE_ENV"]

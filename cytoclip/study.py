@@ -347,6 +347,7 @@ def _glance_markdown(results_dir: Path, status: str, seconds: float | None) -> s
     res = read_json(results_dir / "results.json") if (results_dir / "results.json").is_file() else {}
     headline = results_dir / "headline.csv"
     found = report.at_a_glance(report.read_headline(headline)) if headline.is_file() else []
+    found += [str(line) for line in res.get("glance") or []]
     if not res and not found:
         return ""
     data = res.get("data") or "unknown data"

@@ -725,6 +725,7 @@ def build_datasets(config: TrainConfig, model: Any) -> tuple[Any, Any, str]:
 
 def _train(config: TrainConfig, dataset_dir: Path, run_dir: Path, dist: DistInfo) -> Path:
     from cytoclip.progress import tqdm
+    from cytoclip.progress import visible as progress_visible
 
     device = resolve_device(config.device, dist.local_rank)
     if device.type == "cuda":
@@ -997,7 +998,8 @@ def _train(config: TrainConfig, dataset_dir: Path, run_dir: Path, dist: DistInfo
             history.append(record)
             if dist.is_main:
                 _write_logs(run_dir, history)
-                bar.write(epoch_line(record, config.epochs))
+                if progress_visible():  # under the study runner the page shows the curves instead
+                    bar.write(epoch_line(record, config.epochs))
             save_checkpoint(None)
     bar.close()
     del loader  # stops the persistent workers now rather than at garbage collection

@@ -218,13 +218,14 @@ def ventricle_sdf(x: Array, y: Array, z: Array, dev: Development) -> Array:
     horn), wide early and narrowing with age."""
     vs = dev.ventricle_scale
     rho, phi = polar(x, y, VENT_C)
-    radial = (np.abs(rho - 1.0) - 0.07 * vs) * VENT_C[3]
+    r_rad, r_z = 0.07 * vs, 0.07 * np.sqrt(vs)  # half-widths: across the wall (rho units) and left-right
     end = 190.0 + 65.0 * smoothstep(185.0, 240.0, phi)  # the horn dives laterally as it curls down
     zc = 0.2 + 0.2 * smoothstep(150.0, 280.0, phi)
-    across = np.abs(np.abs(z) - zc) - 0.07 * np.sqrt(vs)
+    q = np.hypot((rho - 1.0) / r_rad, (np.abs(z) - zc) / r_z)  # an elliptical cross-section
+    across = (q - 1.0) * min(r_rad * VENT_C[3], r_z)
     over = np.maximum(PHI_START + 15.0 - phi, phi - end) 
     along = np.radians(np.maximum(over, 0.0)) * VENT_C[2]
-    return np.maximum(np.maximum(radial, across), along - 0.02)
+    return np.maximum(across, along - 0.02)
 
 
 # Lobe -> (cortex acronym suffix used by layer acronyms, developmental neuroepithelium drawn for its VZ).

@@ -115,7 +115,7 @@ def test_lowres_merge_gives_many_regions(smoke_atlas: Path):
 
 def _digest(root: Path) -> dict[str, str]:
     out = {}
-    for p in sorted((root / "data2d").rglob("*.json")):
+    for p in sorted((root / "data2d").rglob("*.json")) + sorted((root / "data2d").rglob("*.tif")):
         out[p.name] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
 
@@ -124,7 +124,7 @@ def test_same_seed_same_atlas_and_resume(smoke_atlas: Path, tmp_path: Path):
     # a second atlas with one section per specimen keeps the run short; compare it with a fresh twin
     a = generate(tmp_path / "a", "smoke", seed=0, workers=1, progress=False, sections_per_specimen=1)
     b = generate(tmp_path / "b", "smoke", seed=0, workers=2, progress=False, sections_per_specimen=1)
-    assert _digest(a) == _digest(b)  # byte-identical annotations, whatever the number of workers
+    assert _digest(a) == _digest(b)  # byte-identical annotations and TIFFs, whatever the number of workers
     sa, sb = Atlas(a).section(3, 1001), Atlas(b).section(3, 1001)
     assert np.array_equal(sa.read_level(16.0), sb.read_level(16.0))
     # resume: a finished section is not rewritten
@@ -159,3 +159,78 @@ def test_comparison_figure(smoke_atlas: Path, tmp_path: Path):
     assert img.std() > 10  # not a blank canvas
     with pytest.raises(FileNotFoundError, match="reference screenshot"):
         compare_with_reference(smoke_atlas, tmp_path, tmp_path / "x.png")
+
+
+def test_polygons_lie_inside_the_image(smoke_atlas: Path):
+    atlas = Atlas(smoke_atlas)
+    for rec in atlas.sections().itertuples():
+        sec = atlas.section(rec.specimen, rec.section)
+        h, w = sec.levels[0].height, sec.levels[0].width
+        for oid, g in sec.annotations().items():
+            x0, y0, x1, y1 = g.bounds
+            assert x0 >= 0 and y0 >= 0 and x1 <= w and y1 <= h, (rec.section, oid, g.bounds, (w, h))
+
+
+def test_region_darkness_follows_its_cytoarchitecture(smoke_atlas: Path):
+    """Image and annotation agree: a region's measured stain follows what its cytoarchitecture should give."""
+    from cytoclip.synth import load_profile
+    from cytoclip.synth.render import cytoarchitecture
+
+    atlas = Atlas(smoke_atlas)
+    onto = atlas.ontology
+    dev = load_profile("smoke")["development"]
+    sec = atlas.section(5, 1001)
+    img = sec.read_level(16.0).astype(float)
+    measured, expected = [], []
+    for oid, g in sec.annotations(mpp=16.0).items():
+        if g.area < 400:
+            continue
+        mean, _, _ = _mean_rgb_inside(sec, g.buffer(-1.5) if g.buffer(-1.5).area > 50 else g)
+        c = cytoarchitecture(onto.acronym(oid), 24.0, dev)
+        measured.append(-np.log(mean[:2].mean() / 246.0))  # optical density of the red/green channels
+        expected.append(c.tissue * (c.density * c.intensity * 2 * np.pi * c.soma ** 2 / c.elong + c.neuropil))
+    assert len(measured) >= 15
+    rank = lambda v: np.argsort(np.argsort(v))  # noqa: E731
+    rho = np.corrcoef(rank(measured), rank(expected))[0, 1]
+    assert rho > 0.6, rho
+
+
+def test_sagittal_and_coronal_cut_one_brain():
+    """Both planes sample the same 3-D anatomy: on the line where they cross, they give the same labels."""
+    from cytoclip.synth.anatomy import Brain
+
+    brain = Brain.make(22.0, 4, load_profile("smoke")["development"])
+    ys = np.linspace(0.7, -0.9, 200, dtype=np.float32)
+    xs = np.linspace(1.0, -1.0, 220, dtype=np.float32)
+    zs = np.linspace(-0.9, 0.9, 180, dtype=np.float32)
+    z_cut, x_cut = zs[130], xs[90]
+    sx, sy = np.meshgrid(xs, ys)
+    sag, sag_names, _ = brain.labels(sx, sy, np.full_like(sx, z_cut))
+    cz, cy = np.meshgrid(zs, ys)
+    cor, cor_names, _ = brain.labels(np.full_like(cz, x_cut), cy, cz)
+    a = [sag_names[v] for v in sag[:, 90]]
+    b = [cor_names[v] for v in cor[:, 130]]
+    assert sum(v != "background" for v in a) > 40
+    assert np.mean([p == q for p, q in zip(a, b)]) > 0.97
+
+
+def test_development_is_declared_with_sources():
+    from cytoclip.synth.anatomy import Development
+    from cytoclip.synth.render import cytoarchitecture
+
+    dev = load_profile("smoke")["development"]
+    sources = set(dev["sources"])
+    for key in ("zones", "ventricle_scale", "ge_scale", "cerebellum_scale", "cp_lamination", "cell_sparse_layer"):
+        cited = dev[key]["source"]
+        assert set([cited] if isinstance(cited, str) else cited) <= sources, key
+    assert all(s["source"] in sources for s in dev["sulci"].values())
+    young, old = Development.at(dev, 14.0), Development.at(dev, 24.0)
+    assert {s["name"] for s in young.sulci} == {"lateral"}
+    assert {"calcarine", "central", "superior_temporal"} <= {s["name"] for s in old.sulci}
+    zone = lambda d, z: dict(d.zones)[z] / sum(f for _, f in d.zones)  # noqa: E731
+    assert zone(old, "CP") > zone(young, "CP") and zone(old, "VZ") < zone(young, "VZ")
+    # lamination at 24 GW in parietal and occipital, not frontal; the sparse layer reaches frontal by 17 GW
+    assert cytoarchitecture("CP-PAR", 24, dev).layers > 0 and cytoarchitecture("CP-OCC", 24, dev).layers > 0
+    assert cytoarchitecture("CP-FCTx", 24, dev).layers == 0 and cytoarchitecture("CP-PAR", 21, dev).layers == 0
+    assert cytoarchitecture("SP-ORB", 14, dev).sparse_top > 0 and cytoarchitecture("SP-FCTx", 14, dev).sparse_top == 0
+    assert cytoarchitecture("SP-FCTx", 17, dev).sparse_top > 0

@@ -28,7 +28,7 @@ import yaml
 __all__ = ["generate", "load_profile", "section_plan", "render_section", "SPECIMENS", "PROFILES_FILE"]
 
 PROFILES_FILE = Path(__file__).resolve().parents[1] / "resources" / "synth_profiles.yaml"
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"  # 2: C-shaped wall around the ventricle, development as data, numba renderer
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,8 @@ def load_profile(profile: str = "smoke", **overrides: Any) -> dict[str, Any]:
     params.update(data["profiles"][profile])
     params.update({k: v for k, v in overrides.items() if v is not None})
     params["profile"] = profile
+    # age-dependent anatomy, with sources (part of the record; keys as text so the record is valid sorted JSON)
+    params["development"] = _text_keys(data["development"])
     params["brain_length_mm"] = {float(k): float(v) for k, v in params["brain_length_mm"].items()}
     for key in ("sections_per_specimen",):
         if int(params[key]) < 1:
@@ -69,6 +71,14 @@ def load_profile(profile: str = "smoke", **overrides: Any) -> dict[str, Any]:
     if float(params["label_mpp"]) % float(params["mpp0"]) != 0:
         raise ValueError("label_mpp must be a multiple of mpp0")
     return params
+
+
+def _text_keys(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _text_keys(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_text_keys(v) for v in obj]
+    return obj
 
 
 def section_plan(params: dict[str, Any], seed: int = 0) -> list[dict[str, Any]]:
@@ -92,11 +102,13 @@ def _length_mm(params: dict[str, Any], age_gw: float) -> float:
     return float(np.interp(age_gw, ages, [table[a] for a in ages])) * float(params.get("size_scale", 1.0))
 
 
-def label_section(item: dict[str, Any], params: dict[str, Any], seed: int) -> tuple[np.ndarray, list[str], float]:
-    """The label map of one section on the ``label_mpp`` grid: (index array, acronym table, label µm/px)."""
+def label_section(item: dict[str, Any], params: dict[str, Any], seed: int
+                  ) -> tuple[np.ndarray, list[str], float, dict[str, np.ndarray]]:
+    """The label map of one section on the ``label_mpp`` grid, cropped to the tissue with a margin:
+    (index array, acronym table, label µm/px, the anatomy's fields for the renderer on the same grid)."""
     from cytoclip.synth.anatomy import Brain
 
-    brain = Brain.make(item["age_gw"], seed * 1000 + item["specimen"])
+    brain = Brain.make(item["age_gw"], seed * 1000 + item["specimen"], params["development"])
     half_mm = _length_mm(params, item["age_gw"]) / 2.0
     lmpp = float(params["label_mpp"])
     unit_px = half_mm * 1000.0 / lmpp  # label pixels per normalised unit
@@ -109,8 +121,16 @@ def label_section(item: dict[str, Any], params: dict[str, Any], seed: int) -> tu
         cols = Z_RANGE[0] + (np.arange(int((Z_RANGE[1] - Z_RANGE[0]) * unit_px)) + 0.5) / unit_px
         z, y = np.meshgrid(cols, ys)
         x = np.full_like(z, item["position"])
-    labels, names = brain.labels(x.astype(np.float32), y.astype(np.float32), z.astype(np.float32))
-    return labels, names, lmpp
+    labels, names, fields = brain.labels(x.astype(np.float32), y.astype(np.float32), z.astype(np.float32))
+    fields["label_px_per_unit"] = unit_px
+    # the slide holds the tissue with a margin: cropping saves the empty glass around small (young, lateral) cuts
+    rows, cols = np.nonzero(labels.any(axis=1))[0], np.nonzero(labels.any(axis=0))[0]
+    if rows.size:
+        m = 16
+        win = (slice(max(rows[0] - m, 0), rows[-1] + m + 1), slice(max(cols[0] - m, 0), cols[-1] + m + 1))
+        labels = labels[win]
+        fields = {k: (v[win] if isinstance(v, np.ndarray) else v) for k, v in fields.items()}
+    return labels, names, lmpp, fields
 
 
 def label_polygons(labels: np.ndarray, names: list[str], onto, factor: float, simplify: float = 0.6
@@ -165,19 +185,16 @@ def render_section(item: dict[str, Any], params: dict[str, Any], seed: int, onto
                    ) -> tuple[np.ndarray, dict[int, Any]]:
     """Render one section: (RGB level-0 image, {ontology id: polygon in level-0 px})."""
     from cytoclip.ontology import Ontology
-    from cytoclip.synth.anatomy import age_factor
     from cytoclip.synth.render import Stain, cytoarchitecture, render
 
     onto = onto or Ontology.load()
-    labels, names, lmpp = label_section(item, params, seed)
+    labels, names, lmpp, fields = label_section(item, params, seed)
     factor = int(round(lmpp / float(params["mpp0"])))
     geoms = label_polygons(labels, names, onto, factor)
     rng = np.random.default_rng(np.random.SeedSequence([seed, item["specimen"], item["section"], 7]))
-    a = age_factor(item["age_gw"])
-    cyto = [cytoarchitecture(n, a) for n in names]
-    fine = np.repeat(np.repeat(labels, factor, axis=0), factor, axis=1)
+    cyto = [cytoarchitecture(n, item["age_gw"], params["development"]) for n in names]
     stain = Stain.sample(rng, artefacts=bool(params.get("artefacts", True)))
-    return render(fine, cyto, rng, stain), geoms
+    return render(labels, cyto, rng, stain, factor, fields, lmpp), geoms
 
 
 def _write_section(task: dict[str, Any]) -> dict[str, Any]:

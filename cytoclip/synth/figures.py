@@ -29,6 +29,28 @@ def _pick_section(atlas, specimen: int | None, section: int | None):
     return atlas.section(int(rec["specimen"]), int(rec["section"]))
 
 
+def _pick_coronal(atlas):
+    """The middle section of the coronal specimen (a cut of the same 3-D anatomy), or None."""
+    secs = atlas.sections()
+    secs = secs[secs["plane"] == "coronal"]
+    if secs.empty:
+        return None
+    rec = secs.iloc[len(secs) // 2]
+    return atlas.section(int(rec["specimen"]), int(rec["section"]))
+
+
+def _outlined(ax, sec, mpp, onto, title):
+    ax.imshow(sec.read_level(mpp))
+    geoms = sec.annotations(mpp=mpp)
+    for oid, g in geoms.items():
+        for part in getattr(g, "geoms", [g]):
+            xs, ys = part.exterior.xy
+            ax.plot(xs, ys, lw=0.4, color=onto.color(oid))
+    ax.set_title(f"{title}\nspecimen {sec.specimen} section {sec.section} ({sec.age_gw:g} GW {sec.plane}, "
+                 f"{mpp:g} µm/px, {len(geoms)} ids)", fontsize=9)
+    ax.axis("off")
+
+
 def compare_with_reference(atlas_root: str | os.PathLike, reference_dir: str | os.PathLike,
                            out_png: str | os.PathLike, specimen: int | None = None, section: int | None = None,
                            overview_mpp: float = 32.0) -> Path:
@@ -58,8 +80,6 @@ def compare_with_reference(atlas_root: str | os.PathLike, reference_dir: str | o
     atlas = Atlas(atlas_root)
     onto = atlas.ontology
     sec = _pick_section(atlas, specimen, section)
-    overview = sec.read_level(overview_mpp)
-    geoms = sec.annotations(mpp=overview_mpp)
 
     # the close-up: the centre of the largest cortical-plate piece, where the wall's zones lie side by side
     cp = [(g.area, oid) for oid, g in sec.annotations(mpp=16.0).items() if onto[oid].acronym.startswith("CP-")]
@@ -72,20 +92,15 @@ def compare_with_reference(atlas_root: str | os.PathLike, reference_dir: str | o
     w2, h2 = 600, 480  # 1.2 x 0.96 mm at 2 µm/px
     crop2 = sec.read_region(int(px * 8 - w2 / 2), int(py * 8 - h2 / 2), w2, h2, mpp=2.0)
 
-    fig = plt.figure(figsize=(16, 10.5))
-    gs = fig.add_gridspec(2, 6, height_ratios=[1.15, 1])
-    ax = fig.add_subplot(gs[0, 0:2])
-    ax.imshow(overview)
-    for oid, g in geoms.items():
-        for part in getattr(g, "geoms", [g]):
-            xs, ys = part.exterior.xy
-            ax.plot(xs, ys, lw=0.5, color=onto.color(oid))
-    ax.set_title(f"SYNTHETIC specimen {sec.specimen} section {sec.section}\n({sec.age_gw:g} GW {sec.plane}, "
-                 f"{overview_mpp:g} µm/px, {len(geoms)} annotated ids)", fontsize=10)
-    ax.axis("off")
-    ax = fig.add_subplot(gs[0, 2:6])
+    fig = plt.figure(figsize=(18, 10.5))
+    gs = fig.add_gridspec(2, 6, height_ratios=[1.1, 1])
+    _outlined(fig.add_subplot(gs[0, 0:2]), sec, overview_mpp, onto, "SYNTHETIC sagittal")
+    cor = _pick_coronal(atlas)
+    if cor is not None:
+        _outlined(fig.add_subplot(gs[0, 2:4]), cor, overview_mpp, onto, "SYNTHETIC coronal (same 3-D model)")
+    ax = fig.add_subplot(gs[0, 4:6])
     ax.imshow(refs[REFERENCE_OVERVIEW])
-    ax.set_title("REAL: DHARANI specimen 1 section 1009 (CC BY 4.0), 128 µm/px, with annotation", fontsize=10)
+    ax.set_title("REAL: DHARANI specimen 1 section 1009 (CC BY 4.0),\n128 µm/px, with annotation", fontsize=9)
     ax.axis("off")
     panels = [(crop16, "SYNTHETIC cortical wall, 16 µm/px"), (crop2, "SYNTHETIC close-up, 2 µm/px"),
               (refs[REFERENCE_CORTEX], "REAL: DHARANI cortex crop, 16 µm/px (CC BY 4.0)")]

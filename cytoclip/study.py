@@ -281,7 +281,10 @@ def run_study(profile: str = "demo", only: list[str] | None = None, config: str 
                                  "message": message, "fingerprint": fp, "params": params,
                                  "seconds": round(seconds, 1), "finished": _now()})
         outcomes[exp_id] = ExperimentOutcome(exp_id, status, seconds, message)
-        log(f"[{i}/{len(order)}] {exp_id}: {status} in {seconds:.0f} s{(' — ' + message) if message else ''}")
+        log(f"[{i}/{len(order)}] {exp_id}: {status} in {format_duration(seconds)}"
+            f"{(' — ' + message) if message else ''}")
+        # after every experiment, so the summary page (run last) reads this run's times of all the others
+        _write_study_log(study, profile, [outcomes[e] for e in order if e in outcomes])
     result = [outcomes[e] for e in order]
     _write_study_log(study, profile, result)
     write_toc(study)

@@ -67,5 +67,41 @@ fig = plots.ours_vs_paper_figure(table, ours_label=f"ours ({', '.join(data_label
                                  synthetic="synthetic atlas" in data_labels)
 plots.save_figure(fig, page.output_dir / "ours_vs_paper.png"); plots.show(fig)
 page.results.update(data=data_labels, statements=statements, table=table, not_run=not_run)
+
+# %% [markdown]
+# ## Beyond the paper: loss targets and prompts
+#
+# The paper trains with pair targets and bare region names only; the `objectives` page tries the alternatives
+# over several seeds. Its table (mean ± std over seeds; no paper column: the paper has no such number):
+
+# %% tags=["hide-input"]
+objectives = results_root / "objectives" / "results.json"
+if objectives.is_file():
+    res = read_json(objectives)
+    fn = res.get("batch_false_negatives") or {}
+    if fn:
+        display(Markdown(f"{fn['share_of_batches']:.0%} of training batches hold some region twice "
+                         f"({fn['per_batch']:.1f} same-region pairs per batch of {fn['batch_size']})."))
+    display(HTML(pd.DataFrame(res.get("summary") or []).to_html(index=False)))
+else:
+    display(Markdown("The `objectives` experiment has not run."))
+
+# %% [markdown]
+# ## What each experiment cost
+#
+# Wall time of each experiment in the last run of this profile (`book/results/study_log.json`), on the machine
+# named in the reproducibility appendix.
+
+# %% tags=["hide-input"]
+log_path = results_root / "study_log.json"
+log = read_json(log_path) if log_path.is_file() else {}
+times = pd.DataFrame([{"experiment": e, "status": r["status"], "minutes": round(r["seconds"] / 60, 1)}
+                      for e, r in (log.get("runtimes") or {}).items()])
+display(HTML(times.to_html(index=False)) if len(times) else Markdown("No study log yet (run `cytoclip study run`)."))
+if len(times):
+    display(Markdown(f"Total: **{times['minutes'].sum():.1f} min** ({log.get('cpus')} CPU cores"
+                     + (f", GPU {log['cuda']}" if log.get("cuda") else ", no GPU") + ")."))
+
+# %% tags=["remove-input"]
 page.headline = []
 paths = page.finish()

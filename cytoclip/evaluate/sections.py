@@ -64,21 +64,26 @@ def class_colors(class_names: Sequence[str], label_ids: Mapping[str, int] | None
 def segment_section(model: Any, section: Any, class_names: Sequence[str], tile: int = 224, mpp: float = 2.0,
                     prompt: str | Sequence[str] = "{}", text_emb: np.ndarray | None = None,
                     colors: Sequence[str] | None = None, min_tissue: float = 0.5, batch_size: int = 64,
-                    background_level: int = 230, progress: bool = True) -> dict:
+                    tissue_mpp: float = 32.0, progress: bool = True) -> dict:
     """Coarse segmentation of a whole section by classifying every tissue tile (paper Fig. 3).
 
     The section is cut into ``tile`` x ``tile`` px tiles at ``mpp`` µm/px; a tile is classified when at least
-    ``min_tissue`` of it is tissue (a low-resolution read, pixels darker than ``background_level``). Tiles are
+    ``min_tissue`` of it is tissue on a ``tissue_mpp`` µm/px read — the rule the tiles dataset is prepared with
+    (:func:`cytoclip.tiles.tile_grid`, :func:`~cytoclip.tiles.tissue_mask`, :func:`~cytoclip.tiles.tissue_fraction`),
+    so the tiles named are the kind the tiles model was trained on. Tiles are
     embedded ``batch_size`` at a time on the model's device. Returns ``{"labels": (ny, nx) int (-1 =
     background), "scores": (ny, nx) probability of the predicted class, "probs": (ny, nx, C) probability of
     every class (0 on background), "tissue": (ny, nx) tissue fraction, "color": (ny, nx, 3) uint8 in ``colors``
     (white background), "cell_px": tile, "mpp": mpp, "cell_mpp": tile * mpp}`` — one raster cell per tile.
     """
+    from cytoclip.tiles import tile_grid, tissue_fraction, tissue_mask
+
     w, h = section.size(mpp)
     nx, ny = max(1, w // tile), max(1, h // tile)
-    sub = 8  # 8 x 8 low-res pixels per tile are enough to tell tissue from glass
-    thumb = section.read_region(0, 0, nx * sub, ny * sub, mpp=mpp * tile / sub)
-    tissue = (thumb[..., :3].mean(axis=2) < background_level).reshape(ny, sub, nx, sub).mean(axis=(1, 3))
+    tw, th = section.size(tissue_mpp)
+    mask = tissue_mask(section.read_region(0, 0, tw, th, mpp=tissue_mpp))
+    boxes = tile_grid(nx * tile, ny * tile, tile)  # row-major, one box per raster cell
+    tissue = tissue_fraction(mask, boxes, (mask.shape[1] / w, mask.shape[0] / h)).reshape(ny, nx)
     cells = np.argwhere(tissue >= min_tissue)
     if text_emb is None:
         text_emb = text_classifier(model, class_names, prompt)

@@ -19,7 +19,7 @@ import sys
 import traceback
 from pathlib import Path
 
-# verb -> (module that configures it, one-line help)
+# verb -> (module that configures it, one-line help); "module:function" names another function than configure_parser
 VERBS: dict[str, tuple[str, str]] = {
     "ontology": ("cytoclip.ontology", "inspect the DHARANI nomenclature and merge specs"),
     "atlas": ("cytoclip.atlas", "list the specimens and sections of an atlas in the DHARANI layout"),
@@ -27,6 +27,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "prepare": ("cytoclip.prepare", "prepare whole-region images (regions) or 2 um/px tiles (tiles)"),
     "train": ("cytoclip.train", "train (fine-tune) a CLIP model on a prepared dataset"),
     "evaluate": ("cytoclip.evaluate", "evaluate a model or run: classification, retrieval, baselines"),
+    "predict": ("cytoclip.annotate.cli:configure_predict", "name images or drawn areas of a section (top-k regions)"),
+    "segment": ("cytoclip.annotate.cli:configure_segment", "segment whole sections: GeoJSON, overlay, tile scores"),
     "study": ("cytoclip.study", "run the study's notebooks with papermill and build the book"),
 }
 
@@ -56,7 +58,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     for verb, (module, help_) in VERBS.items():
         p = sub.add_parser(verb, help=help_, description=help_)
         if verb == chosen:  # configure only the verb that runs: keeps --help free of heavy imports
-            importlib.import_module(module).configure_parser(p)
+            mod, _, fn = module.partition(":")
+            getattr(importlib.import_module(mod), fn or "configure_parser")(p)
     return parser
 
 

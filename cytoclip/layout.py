@@ -141,12 +141,25 @@ def _polygon_parts(geom: Any) -> list[Any]:
     return []
 
 
-def annotation_geojson(regions: Mapping[int, Any], negative_y: bool = True, ontology: Any = None) -> dict:
+def qupath_classification(name: str, color: str) -> dict:
+    """The ``properties.classification`` QuPath reads and shows: ``{"name", "color": [r, g, b]}`` from "#rrggbb"."""
+    text = str(color).lstrip("#")
+    if len(text) != 6:
+        raise ValueError(f"classification colour {color!r}: expected '#rrggbb'")
+    return {"name": str(name), "color": [int(text[i:i + 2], 16) for i in (0, 2, 4)]}
+
+
+def annotation_geojson(regions: Mapping[int, Any], negative_y: bool = True, ontology: Any = None,
+                       classification: bool = False) -> dict:
     """Build the GeoJSON FeatureCollection dict for ``{ontology id: shapely geometry}`` in level-0 px.
 
     One feature per polygon part (parts of one id share ``properties.data.id``); ids in ascending order,
     parts in the geometry's own order; coordinates rounded to 0.01 px and y negated when ``negative_y``.
+    ``classification`` (needs ``ontology``) adds what QuPath shows: ``objectType: "annotation"`` and
+    ``classification: {name, color}`` in the ontology's name and colour of the id.
     """
+    if classification and ontology is None:
+        raise ValueError("annotation_geojson: classification=True needs the ontology (names and colours)")
     features = []
     for rid in sorted(regions):
         geom = regions[rid]
@@ -161,15 +174,20 @@ def annotation_geojson(regions: Mapping[int, Any], negative_y: bool = True, onto
             props: dict[str, Any] = {"data": {"id": int(rid)}}
             if ontology is not None and int(rid) in ontology:
                 props["name"] = ontology.name(int(rid))
+                if classification:
+                    props["objectType"] = "annotation"
+                    props["classification"] = qupath_classification(ontology.name(int(rid)),
+                                                                    ontology.color(int(rid)))
             features.append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": rings},
                              "properties": props})
     return {"type": "FeatureCollection", "features": features}
 
 
 def write_annotation(path: str | os.PathLike, regions: Mapping[int, Any], negative_y: bool = True,
-                     ontology: Any = None) -> Path:
-    """Write a section annotation (GeoJSON, DHARANI style) atomically; same input -> identical bytes."""
-    doc = annotation_geojson(regions, negative_y=negative_y, ontology=ontology)
+                     ontology: Any = None, classification: bool = False) -> Path:
+    """Write a section annotation (GeoJSON, DHARANI style) atomically; same input -> identical bytes.
+    ``classification`` as in :func:`annotation_geojson` (QuPath's class name and colour per feature)."""
+    doc = annotation_geojson(regions, negative_y=negative_y, ontology=ontology, classification=classification)
     path = Path(path)
     with atomic_path(path) as tmp:
         # compact separators keep files of ~100 structures small; sort_keys makes bytes deterministic

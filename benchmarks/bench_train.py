@@ -174,6 +174,9 @@ def run_open_clip(csv: Path | list[str], args, work: Path, device: torch.device)
     from cytoclip.models.openclip_backend import TINY_CONFIGS, register_configs
 
     register_configs()
+    from cytoclip.prepare.shards import open_clip_reads_shards
+
+    open_clip_reads_shards()  # webdataset >= 0.2.96 vs open_clip_train's reader (see its docstring)
     name = TINY_CONFIGS[args.model]
     logs = work / "open_clip-logs"
     precision = "amp_bf16" if device.type == "cuda" else "fp32"

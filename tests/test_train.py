@@ -648,7 +648,10 @@ def test_open_clip_train_reads_the_shards(smoke_tiles, tmp_path):
     _, shards = smoke_tiles
     train_ds = ImageTextDataset(shards, split="train")
     tars = train_ds.shards()
+    # open_clip_train.main with the tiny config registered and webdataset's end-of-shard marker off for its
+    # reader (an open_clip/webdataset incompatibility: cytoclip.prepare.shards.open_clip_reads_shards)
     code = ("import sys; from cytoclip.models.openclip_backend import register_configs; register_configs(); "
+            "from cytoclip.prepare.shards import open_clip_reads_shards; open_clip_reads_shards(); "
             "from open_clip_train.main import main; sys.exit(main(sys.argv[1:]))")
     argv = ["--dataset-type", "webdataset", "--train-data", "::".join(tars), "--train-num-samples",
             str(len(train_ds)), "--model", "cytoclip-tiny", "--batch-size", "8", "--epochs", "1", "--workers", "1",

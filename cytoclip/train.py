@@ -39,7 +39,7 @@ import torch.nn as nn
 
 from cytoclip import checkpoint as ckpt_io
 from cytoclip.evaluate.zero_shot import ontology_paths_of
-from cytoclip.io import atomic_path, fingerprint, write_json
+from cytoclip.io import atomic_path, fingerprint, is_reusable, work_fingerprint, write_json
 from cytoclip.loss import TARGETS, ContrastiveLoss
 
 #: the run's checkpoint directory (cytoclip.checkpoint format)
@@ -47,12 +47,18 @@ CHECKPOINT = "checkpoint-last"
 #: the pickle checkpoint of cytoclip before the safetensors format; never loaded (unpickling can run code)
 LEGACY_CHECKPOINT = "checkpoint-last.pt"
 #: files the trainer writes in a run dir through cytoclip.io.atomic_path (their temp names are swept at start)
-_RUN_FILES = ("config.json", "metrics.jsonl", "log.csv", LEGACY_CHECKPOINT)
+_RUN_FILES = ("config.json", "metrics.jsonl", "log.csv", "finished.json", LEGACY_CHECKPOINT)
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 SCHEDULES = ("cosine", "constant")
+#: fields that never change what a finished run holds (how it runs, how often it logs and checkpoints): left out
+#: of the run's work fingerprint (cytoclip.io's one resume rule; num_workers and device are io.RUN_ONLY_PARAMS too).
+#: Caveat: on a sharded dataset the loader's worker count sets which worker streams which shards, so it changes
+#: the sample order (not the data, the schedule or the model's recipe); it is still counted as run-only.
+RUN_ONLY_FIELDS = ("resume", "num_workers", "checkpoint_every_steps", "log_every_steps", "device", "compile")
 #: fields that may change between an interrupted run and its resumption without breaking exactness
-RESUME_FREE = ("resume", "max_steps", "num_workers", "checkpoint_every_steps", "log_every_steps", "device",
-               "compile")
+RESUME_FREE = (*RUN_ONLY_FIELDS, "max_steps")
+#: the record a finished run writes last (after model/): its work fingerprint, read by :func:`is_finished`
+FINISHED = "finished.json"
 
 
 @dataclasses.dataclass
@@ -98,6 +104,8 @@ class TrainConfig:
     device: str = "auto"                  # auto | cpu | cuda | cuda:N
     val_every_epochs: int = 1             # 0: no validation
     prompt: str = "{}"                    # zero-shot validation text per class name
+    shuffle: bool = True                  # False: the manifest's order every epoch (files and shards alike)
+    shuffle_buffer: int = 2000            # sharded datasets: samples in the streaming shuffle buffer (<= 1: none)
     checkpoint_every_steps: int = 0       # 0: checkpoint at epoch ends only
     log_every_steps: int = 0              # 0: log epochs only
     max_steps: int | None = None          # stop after this many optimizer steps (schedule unchanged; tests)
@@ -152,10 +160,11 @@ class TrainConfig:
         need(self.grad_clip is None or (is_num(self.grad_clip) and self.grad_clip > 0), "grad_clip",
              "None or a finite norm > 0")
         need(is_int(self.grad_accum_steps) and self.grad_accum_steps >= 1, "grad_accum_steps", "an integer >= 1")
-        for field in ("freeze_image", "freeze_text", "augment", "compile", "channels_last"):
+        for field in ("freeze_image", "freeze_text", "augment", "compile", "channels_last", "shuffle"):
             flag(field)
         need(self.precision in PRECISIONS, "precision", f"one of {PRECISIONS}")
         need(is_int(self.num_workers) and self.num_workers >= 0, "num_workers", "an integer >= 0")
+        need(is_int(self.shuffle_buffer) and self.shuffle_buffer >= 0, "shuffle_buffer", "an integer >= 0 (samples)")
         need(is_int(self.seed) and 0 <= self.seed < 2**63, "seed", "an integer in [0, 2**63)")
         need(isinstance(self.device, str) and _is_device(self.device), "device", "'auto', 'cpu', 'cuda' or 'cuda:N'")
         need(is_int(self.val_every_epochs) and self.val_every_epochs >= 0, "val_every_epochs", "an integer >= 0")
@@ -298,16 +307,10 @@ class EpochSeededItems(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, key):
+        from cytoclip.data import seeded_call
+
         epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
-        item_seed = (self.seed * 1_000_003 + int(epoch) * 10_007 + int(index)) % (2**63 - 1)
-        state = random.getstate()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(item_seed)
-            random.seed(item_seed)
-            try:
-                return self.dataset[int(index)]
-            finally:
-                random.setstate(state)
+        return seeded_call(lambda: self.dataset[int(index)], self.seed, epoch, index)
 
 
 class EpochKeySampler(torch.utils.data.Sampler):
@@ -504,6 +507,23 @@ def _write_logs(run_dir: Path, history: list[dict]) -> None:
 
 def _comparable(cfg: dict) -> dict:
     return {k: v for k, v in cfg.items() if k not in RESUME_FREE}
+
+
+def run_fingerprint(config: TrainConfig) -> str:
+    """The work fingerprint of a run (:func:`cytoclip.io.work_fingerprint`): every field of ``config`` but the
+    :data:`RUN_ONLY_FIELDS`, and the dataset's manifest (its bytes), so a changed dataset is other work."""
+    if isinstance(config, dict):
+        config = TrainConfig.from_dict(config)
+    params = {k: v for k, v in config.to_dict().items() if k not in RUN_ONLY_FIELDS and k != "run_dir"}
+    return work_fingerprint(params, fingerprint(Path(config.dataset) / "manifest.parquet"))
+
+
+def is_finished(config: TrainConfig) -> bool:
+    """True when ``config.run_dir`` holds a finished run of the same work (the one resume rule,
+    :func:`cytoclip.io.is_reusable`: its ``finished.json``, written after ``model/``, holds
+    :func:`run_fingerprint` of ``config``)."""
+    run_dir = Path(config.run_dir)
+    return is_reusable(run_dir / FINISHED, run_fingerprint(config), [run_dir / "model"])
 
 
 def _sweep_run_dir(run_dir: Path) -> None:
@@ -738,6 +758,8 @@ def _train(config: TrainConfig, dataset_dir: Path, run_dir: Path, dist: DistInfo
     amp = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
     if dist.is_main:
         _sweep_run_dir(run_dir)
+        # the run dir holds unfinished work from here on, until the model and the record are written again
+        (run_dir / FINISHED).unlink(missing_ok=True)
     ckpt = _load_checkpoint(run_dir, config)
     _seed_everything(config.seed)
 
@@ -777,8 +799,14 @@ def _train(config: TrainConfig, dataset_dir: Path, run_dir: Path, dist: DistInfo
                               gather_with_grad=True, local_loss=False).to(device)
 
     items = EpochSeededItems(train_ds, config.seed)
+    stream, loader_workers = None, config.num_workers
+    if train_ds.sharded:
+        stream = train_ds.stream(config.seed, config.batch_size, micro_per_epoch, shuffle=config.shuffle,
+                                 shuffle_buffer=config.shuffle_buffer, rank=dist.rank, world_size=dist.world_size)
+        # each loader worker streams its own shards: no more workers than the rank has shards
+        loader_workers = min(config.num_workers, stream.shards_per_rank)
     sampler = torch.utils.data.DistributedSampler(items, num_replicas=dist.world_size, rank=dist.rank,
-                                                  shuffle=True, seed=config.seed, drop_last=True)
+                                                  shuffle=config.shuffle, seed=config.seed, drop_last=True)
 
     # -- optimisation -----------------------------------------------------------------------------------------
     towers: nn.Module = _Towers(model)
@@ -804,6 +832,10 @@ def _train(config: TrainConfig, dataset_dir: Path, run_dir: Path, dist: DistInfo
             raise ValueError(f"{where}: written by {len(state['rng'])} processes, resumed with "
                              f"{dist.world_size}; resume with the same number of processes")
         _set_rng_state(_rng_from_checkpoint(tensors["rng"], state["rng"], dist.rank), device)
+        was = state["sampler"].get("loader_workers", loader_workers)
+        if stream is not None and step % steps_per_epoch and was != loader_workers:
+            warnings.warn(f"{where}: the run stopped inside an epoch with {was} loader workers and resumes with "
+                          f"{loader_workers}; on shards the rest of that epoch is streamed in another order")
     if dist.world_size > 1:
         has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.module.modules())
         if device.type == "cuda":  # batch statistics over the global batch, as one process would see them
@@ -828,6 +860,7 @@ def _train(config: TrainConfig, dataset_dir: Path, run_dir: Path, dist: DistInfo
                 "n_train": len(train_ds), "n_val": len(val_ds), "steps_per_epoch": steps_per_epoch,
                 "total_steps": total_steps, "data": _data_label(dataset_dir),
                 "dataset_fingerprint": fingerprint(dataset_dir / "manifest.parquet"),
+                "layout": "shards" if train_ds.sharded else "files",
                 "torch": torch.__version__, "resumed_at_step": step if ckpt is not None else None,
                 "stops_at_step": stop_at}
     if dist.is_main:
@@ -859,7 +892,8 @@ def _train(config: TrainConfig, dataset_dir: Path, run_dir: Path, dist: DistInfo
                  "epoch_stats": ckpt_io.to_plain(stats),
                  "config": requested.to_dict(),
                  "sampler": {"seed": config.seed, "epoch": step // steps_per_epoch,
-                             "micro_batches_done": (step % steps_per_epoch) * accum}}
+                             "micro_batches_done": (step % steps_per_epoch) * accum,
+                             "loader_workers": loader_workers}}
         ckpt_io.save(run_dir / CHECKPOINT, {"model": dict(model_tensors()), "optimizer": opt_tensors,
                                             "rng": rng_tensors}, state)
 
@@ -876,16 +910,24 @@ def _train(config: TrainConfig, dataset_dir: Path, run_dir: Path, dist: DistInfo
     bar = tqdm(total=stop_at, initial=min(step, stop_at), desc=f"training {run_dir.name}", unit="step",
                enabled=dist.is_main)
     # one loader for the whole run: persistent workers are forked once, not at every epoch
-    keys = EpochKeySampler(sampler)
-    loader = torch.utils.data.DataLoader(
-        items, batch_size=config.batch_size, sampler=keys, num_workers=config.num_workers, collate_fn=_collate,
-        drop_last=True, pin_memory=device.type == "cuda", worker_init_fn=seed_worker,
-        generator=torch.Generator().manual_seed(config.seed), persistent_workers=config.num_workers > 0)
+    loader_kw = dict(batch_size=config.batch_size, collate_fn=_collate, drop_last=True,
+                     pin_memory=device.type == "cuda", worker_init_fn=seed_worker,
+                     generator=torch.Generator().manual_seed(config.seed))
+    if stream is not None:  # a sharded dataset: streamed from its tars (cytoclip.data.ShardStream)
+        loader = torch.utils.data.DataLoader(stream, num_workers=loader_workers,
+                                             persistent_workers=loader_workers > 0, **loader_kw)
+    else:
+        keys = EpochKeySampler(sampler)
+        loader = torch.utils.data.DataLoader(items, sampler=keys, num_workers=loader_workers,
+                                             persistent_workers=loader_workers > 0, **loader_kw)
     while step < stop_at:
         epoch, done_in_epoch = divmod(step, steps_per_epoch)
-        items.epoch = epoch
         skip = done_in_epoch * accum
-        keys.set_epoch(epoch, skip * config.batch_size)
+        if stream is not None:
+            stream.set_epoch(epoch, skip)
+        else:
+            items.epoch = epoch
+            keys.set_epoch(epoch, skip * config.batch_size)
         stats = epoch_stats if (epoch_stats and done_in_epoch) else {"loss_sum": 0.0, "n_batches": 0, "images": 0,
                                                                      "compute_s": 0.0, "nonfinite": 0}
         epoch_stats = None
@@ -1008,6 +1050,8 @@ def _train(config: TrainConfig, dataset_dir: Path, run_dir: Path, dist: DistInfo
         if dist.is_main:
             model.eval()
             model.save(run_dir / "model")
+            write_json(run_dir / FINISHED, {"fingerprint": run_fingerprint(requested), "step": step,
+                                            "total_steps": total_steps})
     if dist.world_size > 1:
         torch.distributed.barrier()
     return run_dir
@@ -1021,7 +1065,7 @@ _CLI_FIELDS = {  # CLI flag -> TrainConfig field
     "targets": "targets", "sigma": "sigma", "grad_clip": "grad_clip", "grad_accum_steps": "grad_accum_steps",
     "precision": "precision", "num_workers": "num_workers", "seed": "seed", "device": "device",
     "run_dir": "run_dir", "checkpoint_every_steps": "checkpoint_every_steps", "max_steps": "max_steps",
-    "log_every_steps": "log_every_steps",
+    "log_every_steps": "log_every_steps", "shuffle_buffer": "shuffle_buffer",
 }
 
 
@@ -1054,6 +1098,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     a("--augment", action=argparse.BooleanOptionalAction, default=None,
       help="the model's training augmentation (flips, mild jitter; default off, as in the paper)")
     a("--num-workers", type=int)
+    a("--shuffle", action=argparse.BooleanOptionalAction, default=None,
+      help="reshuffle the training items every epoch (default on; --no-shuffle: the manifest's order)")
+    a("--shuffle-buffer", type=int, help="sharded datasets: samples in the streaming shuffle buffer")
     a("--seed", type=int)
     a("--device", help="auto | cpu | cuda | cuda:N")
     a("--checkpoint-every-steps", type=int)
@@ -1085,7 +1132,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         v = getattr(args, flag, None)
         if v is not None:
             values[field] = v
-    for field in ("compile", "channels_last", "freeze_image", "freeze_text", "augment", "resume"):
+    for field in ("compile", "channels_last", "freeze_image", "freeze_text", "augment", "resume", "shuffle"):
         v = getattr(args, field, None)
         if v is not None:
             values[field] = v
@@ -1102,5 +1149,5 @@ def _cli(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["TrainConfig", "train", "build_model", "build_datasets", "configure_parser", "config_from_args", "zero_shot_validation",
+__all__ = ["TrainConfig", "train", "run_fingerprint", "is_finished", "RUN_ONLY_FIELDS", "build_model", "build_datasets", "configure_parser", "config_from_args", "zero_shot_validation",
            "EpochSeededItems", "EpochKeySampler", "lr_lambda", "init_distributed", "dist_env"]

@@ -225,22 +225,17 @@ def run_seeds(seed: int, seeds: Sequence[int] | None) -> list[int]:
 
 def ensure_run(log=print, **params: Any) -> Path:
     """Train a :class:`cytoclip.train.TrainConfig` of ``params`` (its field names; ``None`` keeps the default)
-    unless its ``run_dir`` already holds a finished run of the same configuration. An interrupted run resumes
-    from its last checkpoint; a finished run of another configuration is trained again in the same directory."""
-    import dataclasses
-    import json
-
-    from cytoclip.train import RESUME_FREE, TrainConfig, train
+    unless its ``run_dir`` already holds a finished run of the same work (:func:`cytoclip.train.is_finished`:
+    the same fields but the run-only ones, and the same dataset manifest). An interrupted run resumes from its
+    last checkpoint; a finished run of other work is trained again in the same directory."""
+    from cytoclip.train import TrainConfig, is_finished, train
 
     config = TrainConfig(**{k: str(v) if isinstance(v, Path) else v for k, v in params.items() if v is not None})
-    run_dir = Path(config.run_dir)
-    stored = read_json(run_dir / "config.json") if (run_dir / "config.json").is_file() else None
-    if stored is not None and (run_dir / "model").is_dir():
-        stored = stored.get("config", stored)
-        wanted = json.loads(json.dumps(dataclasses.asdict(config), default=str))
-        if all(stored.get(k) == v for k, v in wanted.items() if k not in RESUME_FREE):
-            log(f"reusing the finished run {run_dir}")
-            return run_dir
+    # the one resume rule (cytoclip.io.is_reusable through train.is_finished): the same work fingerprint,
+    # run-only settings (workers, device, logging and checkpoint cadence) never counting
+    if is_finished(config):
+        log(f"reusing the finished run {config.run_dir}")
+        return Path(config.run_dir)
     return Path(train(config))
 
 

@@ -87,3 +87,78 @@ class _Tokenizer:
 
     def __call__(self, texts):
         return torch.tensor([[len(t)] + [ord(c) for c in t[:3]] for t in texts])
+
+
+# ------------------------------------------------------------------------------------------- shards (streaming)
+
+class _PixelHash:
+    """Transform to a stable id of the decoded pixels (tiles are distinct images), picklable into workers."""
+
+    def __call__(self, img):
+        import hashlib
+
+        return int.from_bytes(hashlib.sha256(np.asarray(img).tobytes()).digest()[:7], "little")
+
+
+def _ids(items) -> list[int]:
+    return [int(x[0]) for x in items]
+
+
+@pytest.fixture(scope="module")
+def tile_layouts(tmp_path_factory):
+    """The same tiles of the mini atlas in both layouts: (files dataset, shards dataset with 5 samples a tar)."""
+    from cytoclip.tiles import prepare_tiles
+    from tests.test_regions import _write_mini_atlas
+
+    root = tmp_path_factory.mktemp("layouts")
+    atlas = _write_mini_atlas(root / "atlas")
+    kw = dict(workers=1, max_tiles_per_section=12, keep_unlabelled=True)
+    return (prepare_tiles(atlas, root / "files", **kw),
+            prepare_tiles(atlas, root / "shards", format="shards", shard_size=5, **kw))
+
+
+def test_sharded_rows_read_like_files(tile_layouts):
+    files, shards = tile_layouts
+    f = ImageTextDataset(files, transform=_PixelHash())  # every row (the mini atlas is mostly unlabelled)
+    s = ImageTextDataset(shards, transform=_PixelHash())
+    assert s.sharded and not f.sharded and len(s) == len(f) == 60
+    assert [f[i] for i in range(len(f))] == [s[i] for i in range(len(s))]  # random access into the tars
+    assert all(u.endswith(".tar") for u in s.shards()) and len(s.shards()) >= 5
+    with pytest.raises(ValueError, match="not a sharded dataset"):
+        f.shards()
+
+
+def test_stream_order_split_workers_ranks_and_resume(tile_layouts):
+    files, shards = tile_layouts
+    f = ImageTextDataset(files, transform=_PixelHash())
+    s = ImageTextDataset(shards, transform=_PixelHash())
+    n, bs = len(s), 2
+    batches = n // bs
+    # no shuffling, one worker: the manifest's order, the per-file path's items
+    plain = s.stream(seed=0, batch_size=bs, batches_per_epoch=batches, shuffle=False)
+    assert list(plain) == [f[i] for i in range(batches * bs)]
+    # a split streams only its samples (the other rows of the same tars are filtered out by key)
+    train = ImageTextDataset(shards, split="train", transform=_PixelHash())
+    t = list(train.stream(seed=0, batch_size=1, batches_per_epoch=len(train)))
+    assert len(train.shards()) < len(s.shards()) and sorted(_ids(t)) == sorted(x[0] for x in train)
+
+    def epoch(stream, e, workers, skip=0):
+        stream.set_epoch(e, skip)
+        loader = DataLoader(stream, batch_size=bs, num_workers=workers, collate_fn=lambda b: b)
+        return [item for batch in loader for item in batch]
+
+    one = s.stream(seed=3, batch_size=bs, batches_per_epoch=batches, shuffle_buffer=8)
+    e0 = epoch(one, 0, 0)
+    assert sorted(_ids(e0)) == sorted(_ids(plain)) and _ids(e0) != _ids(plain)  # all once, shuffled
+    assert _ids(epoch(one, 1, 0)) != _ids(e0)  # reshuffled each epoch
+    two = s.stream(seed=3, batch_size=bs, batches_per_epoch=batches, shuffle_buffer=8)
+    full = epoch(two, 0, 2)
+    assert len(full) == batches * bs and full == epoch(two, 0, 2)  # exact batch count, repeatable
+    # resuming after 3 batches (workers rotated) continues the same sequence
+    assert epoch(two, 0, 2, skip=3) == full[3 * bs:]
+    # per-rank sharding: two ranks read disjoint shards
+    ranks = [s.stream(seed=3, batch_size=bs, batches_per_epoch=2, rank=r, world_size=2) for r in (0, 1)]
+    got = [set(_ids(epoch(r, 0, 0))) for r in ranks]
+    assert len(got[0]) == len(got[1]) == 2 * bs and not got[0] & got[1]
+    with pytest.raises(ValueError, match="shard"):
+        s.stream(seed=0, batch_size=bs, batches_per_epoch=1, world_size=len(s.shards()) + 1)

@@ -246,3 +246,41 @@ def test_experiment_dataset_renders_captions_from_the_prompt(tmp_path: Path):
     assert sentence != wf.experiment_dataset(d, "square224")
     with pytest.raises(ValueError, match="prompt"):
         wf.experiment_dataset(d, "square224", prompt="no placeholder")
+
+
+def test_ensure_run_reuses_by_the_one_resume_rule(tmp_path: Path):
+    """A finished run is reused when its work fingerprint matches (run-only settings never count) and trained
+    again when a field that changes the result, or the dataset, changes."""
+    import json
+
+    import torch
+
+    from cytoclip.workflow import ensure_run
+    from tests.test_train import make_dataset
+
+    torch.set_num_threads(1)
+    ds = make_dataset(tmp_path / "ds", n_train=4, n_val=1, n_classes=2)
+    base = dict(dataset=ds, run_dir=tmp_path / "run", model="tiny", image_size=64, epochs=1, batch_size=4,
+                lr=5e-4, num_workers=0, seed=0, device="cpu", val_every_epochs=0)
+    said = []
+    run = ensure_run(log=said.append, **base)
+    stamp = (run / "finished.json").stat().st_mtime_ns
+    # other workers, device, logging cadence, resume mode: the same work, reused
+    assert ensure_run(log=said.append, **{**base, "num_workers": 1, "device": "auto", "log_every_steps": 1,
+                                          "resume": False}) == run
+    assert said == [f"reusing the finished run {run}"] and (run / "finished.json").stat().st_mtime_ns == stamp
+    # a field that changes the result: trained again
+    ensure_run(log=said.append, **{**base, "lr": 1e-3})
+    assert len(said) == 1 and json.loads((run / "config.json").read_text())["lr"] == 1e-3
+    # the old configuration is other work now; a damaged record is work to redo
+    ensure_run(log=said.append, **base)
+    assert len(said) == 1
+    (run / "finished.json").write_text("{broken")
+    ensure_run(log=said.append, **base)
+    assert len(said) == 1 and json.loads((run / "finished.json").read_text())["step"] == 2
+    ensure_run(log=said.append, **base)
+    assert len(said) == 2  # reused once more
+    manifest = pd.read_parquet(ds / "manifest.parquet")
+    manifest.assign(caption=manifest["caption"] + " region").to_parquet(ds / "manifest.parquet")
+    ensure_run(log=said.append, **base)  # another dataset: trained again
+    assert len(said) == 2

@@ -84,3 +84,25 @@ def write_shard_index(manifest: pd.DataFrame, output_dir: Path) -> Path:
                                        for k, v in group["split"].value_counts(dropna=False).items()}})
     return write_json(output_dir / "shards.json", {"format": "webdataset", "n_shards": len(entries),
                                                    "n_samples": int(len(manifest)), "shards": entries})
+
+
+def open_clip_reads_shards() -> None:
+    """Let ``open_clip_train``'s webdataset reader run with webdataset >= 0.2.96 (idempotent).
+
+    webdataset 0.2.96 made ``tar_file_expander`` yield an end-of-shard marker ``{}`` by default, which
+    open_clip_train's ``group_by_keys_nothrow`` (3.3.0 still) reads as a file and fails on (``KeyError:
+    'fname'``; open_clip issue #935, webdataset issue #384). The fix named there is ``eof_value=None``: applied
+    here to open_clip_train's reference to the expander, before ``open_clip_train.main.main`` runs. The shards
+    themselves are plain WebDataset tars; nothing about them changes.
+    """
+    import functools
+    import inspect
+
+    import open_clip_train.data as oc_data
+
+    expander = oc_data.tar_file_expander
+    if getattr(expander, "_cytoclip_eof_none", False) or "eof_value" not in inspect.signature(expander).parameters:
+        return
+    patched = functools.partial(expander, eof_value=None)
+    patched._cytoclip_eof_none = True  # type: ignore[attr-defined]
+    oc_data.tar_file_expander = patched

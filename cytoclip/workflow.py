@@ -227,8 +227,9 @@ def ensure_run(log=print, **params: Any) -> Path:
     """Train a :class:`cytoclip.train.TrainConfig` of ``params`` (its field names; ``None`` keeps the default)
     unless its ``run_dir`` already holds a finished run of the same work (:func:`cytoclip.train.is_finished`:
     the same fields but the run-only ones, and the same dataset manifest). An interrupted run resumes from its
-    last checkpoint; a finished run of other work is trained again in the same directory."""
-    from cytoclip.train import TrainConfig, is_finished, train
+    last checkpoint; a finished run of other work is trained again in the same directory. A finished run of the
+    same work in a sibling directory (another experiment's name) is returned instead of training it again."""
+    from cytoclip.train import FINISHED, TrainConfig, is_finished, train
 
     config = TrainConfig(**{k: str(v) if isinstance(v, Path) else v for k, v in params.items() if v is not None})
     # the one resume rule (cytoclip.io.is_reusable through train.is_finished): the same work fingerprint,
@@ -236,6 +237,14 @@ def ensure_run(log=print, **params: Any) -> Path:
     if is_finished(config):
         log(f"reusing the finished run {config.run_dir}")
         return Path(config.run_dir)
+    # the same work finished under another name (two experiments that train one configuration, e.g. both
+    # CytoCLIP rows of the demo, where one tiny model stands in for CLIP and BiomedCLIP): shared, not redone
+    import dataclasses
+
+    for other in sorted(Path(config.run_dir).parent.glob(f"*/{FINISHED}")):
+        if other.parent != Path(config.run_dir) and is_finished(dataclasses.replace(config, run_dir=str(other.parent))):
+            log(f"sharing the finished run {other.parent}: the same work as {config.run_dir}")
+            return other.parent
     return Path(train(config))
 
 

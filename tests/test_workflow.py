@@ -284,3 +284,23 @@ def test_ensure_run_reuses_by_the_one_resume_rule(tmp_path: Path):
     manifest.assign(caption=manifest["caption"] + " region").to_parquet(ds / "manifest.parquet")
     ensure_run(log=said.append, **base)  # another dataset: trained again
     assert len(said) == 2
+
+
+def test_ensure_run_shares_the_same_work_finished_under_another_name(tmp_path: Path):
+    """Two experiments that train one configuration (the demo's CLIP and BiomedCLIP rows: one tiny model) train
+    it once; a sibling run of other work is not taken."""
+    import torch
+
+    from cytoclip.workflow import ensure_run
+    from tests.test_train import make_dataset
+
+    torch.set_num_threads(1)
+    ds = make_dataset(tmp_path / "ds", n_train=4, n_val=1, n_classes=2)
+    base = dict(dataset=ds, model="tiny", image_size=64, epochs=1, batch_size=4, lr=5e-4, num_workers=0, seed=0,
+                device="cpu", val_every_epochs=0)
+    said = []
+    first = ensure_run(log=said.append, run_dir=tmp_path / "runs" / "train_clip224-seed0", **base)
+    shared = ensure_run(log=said.append, run_dir=tmp_path / "runs" / "train_biomedclip224-seed0", **base)
+    assert shared == first and said[-1].startswith(f"sharing the finished run {first}")
+    other = ensure_run(log=said.append, run_dir=tmp_path / "runs" / "other-seed1", **{**base, "seed": 1})
+    assert other == tmp_path / "runs" / "other-seed1" and (other / "finished.json").is_file()

@@ -15,7 +15,7 @@ import pandas as pd
 
 from cytoclip.io import read_json
 
-__all__ = ["SYNTHETIC_MARKER", "DATA_LABELS", "atlas_is_synthetic", "data_label", "split_provenance"]
+__all__ = ["SYNTHETIC_MARKER", "DATA_LABELS", "atlas_is_synthetic", "brain_scale", "data_label", "split_provenance"]
 
 SYNTHETIC_MARKER = "SYNTHETIC.md"
 DATA_LABELS = ("synthetic atlas", "DHARANI")
@@ -49,6 +49,22 @@ def data_label(dataset: str | os.PathLike) -> str:
         return data_label(parent)
     raise ValueError(f"{d}: cannot tell whether this dataset comes from the synthetic atlas or DHARANI "
                      "(expected report.json with a 'synthetic' field, or source.json naming its parent)")
+
+
+def brain_scale(atlas: str | os.PathLike) -> float:
+    """The linear size of an atlas's brains relative to real fetal brains: 1.0 for DHARANI, ``size_scale /
+    REAL_SIZE_SCALE`` for a synthetic atlas (its ``synth.json``). Sizes the paper gives in pixels of real
+    sections (the SquareBBox sides) cover the same share of a brain when multiplied by it."""
+    d = Path(str(atlas))
+    if "://" in str(atlas) or not atlas_is_synthetic(d):
+        return 1.0
+    from cytoclip.synth import REAL_SIZE_SCALE
+
+    meta = read_json(d / "synth.json") if (d / "synth.json").is_file() else {}
+    size_scale = (meta.get("params") or {}).get("size_scale")
+    if not isinstance(size_scale, (int, float)) or size_scale <= 0:
+        raise ValueError(f"{d / 'synth.json'}: expected params.size_scale, a positive number; got {size_scale!r}")
+    return float(size_scale) / REAL_SIZE_SCALE
 
 
 def split_provenance(frame: pd.DataFrame) -> dict[str, Any]:

@@ -285,8 +285,11 @@ def _save_png(array: np.ndarray, path: Path) -> None:
 def section_rows(image: np.ndarray, found: SectionRegions, labels: Mapping[int, Mapping[str, str]],
                  provenance: Mapping[str, Any], output_dir: str | os.PathLike,
                  square_sides: Sequence[int] = (224, 336), mpp: float = 16,
-                 write_images: bool = True) -> list[dict]:
+                 write_images: bool = True, square_scale: float = 1.0) -> list[dict]:
     """Crop every kept region of one section, save the PNGs and return one manifest row per image.
+
+    The square crops are named by the paper's sides (``square224``: SquareBBox with a minimum side of 224 px at
+    16 µm/px on a real brain); the side used is ``side * square_scale`` (see :func:`prepare_regions`).
 
     ``image`` is the whole section at ``mpp`` (RGB uint8); ``labels`` maps label id -> ``{"label", "acronym",
     "ontology_path"}``; ``provenance`` holds ``specimen, section, age_gw, plane``.
@@ -313,7 +316,7 @@ def section_rows(image: np.ndarray, found: SectionRegions, labels: Mapping[int, 
         mask = polygon_mask(r.geometry, ebox)
         crops = [("exact", ebox, exact, ""), ("exact_mask", ebox, apply_mask(exact, mask), "mask")]
         for side in square_sides:
-            sbox = square_box(ebox, int(side), (width, height))
+            sbox = square_box(ebox, max(1, round(int(side) * square_scale)), (width, height))
             crops.append((f"square{int(side)}", sbox, crop(image, sbox), None))
         for image_type, bbox, pixels, extra in crops:
             rel = image_name(spec, sec, r.label_id, r.part, image_type)
@@ -352,7 +355,8 @@ def _process_section(section, key: str, params: dict, context: dict, output_dir:
                                      params["min_area_perimeter_ratio"], params["part_distance"])
     provenance = {"specimen": section.specimen, "section": int(section.section),
                   "age_gw": section.age_gw, "plane": section.plane}
-    rows = section_rows(image, found, context["labels"], provenance, output_dir, params["square_sides"], mpp)
+    rows = section_rows(image, found, context["labels"], provenance, output_dir, params["square_sides"], mpp,
+                        square_scale=params.get("square_scale", 1.0))
     stats = {
         "n_regions": len(found.regions), "excluded_ids": found.excluded_ids, "unknown_ids": found.unknown_ids,
         # by label name, so the report needs no label table (a merge of parts has none)
@@ -401,8 +405,8 @@ def _summary(manifest: pd.DataFrame, records: list[dict], params: dict, context:
 KIND = Kind(name="regions", columns=MANIFEST_COLUMNS, process=_process_section, debris=_debris, summary=_summary)
 
 #: Parameters that change a section's crops (the rest only change the combined manifest's split column).
-SECTION_PARAMS = ("spec", "min_area", "min_area_perimeter_ratio", "part_distance", "square_sides", "mpp",
-                  "image_format", "format", "shard_size")
+SECTION_PARAMS = ("spec", "min_area", "min_area_perimeter_ratio", "part_distance", "square_sides",
+                  "square_scale", "mpp", "image_format", "format", "shard_size")
 
 
 # ----------------------------------------------------------------------------------------------- dataset
@@ -411,7 +415,8 @@ def prepare_regions(atlas: Any, output_dir: str | os.PathLike, spec: str = "lowr
                     min_area: float = DEFAULT_MIN_AREA,
                     min_area_perimeter_ratio: float = DEFAULT_MIN_AREA_PERIMETER_RATIO,
                     part_distance: float = DEFAULT_PART_DISTANCE,
-                    square_sides: Sequence[int] = (224, 336), mpp: float = 16, workers: int | None = None,
+                    square_sides: Sequence[int] = (224, 336), square_scale: float = 1.0, mpp: float = 16,
+                    workers: int | None = None,
                     seed: int = 0, image_format: str = "png", split: str = "sections",
                     val_fraction: float = 0.2, sections: Any = None, part: str | None = None,
                     format: str = "files", shard_size: int = engine.DEFAULT_SHARD_SIZE) -> Path:
@@ -426,6 +431,10 @@ def prepare_regions(atlas: Any, output_dir: str | os.PathLike, spec: str = "lowr
     prepares a share for :func:`cytoclip.prepare.engine.merge`. The ``split`` column follows ``split``
     (paper III-F by default). ``format="shards"`` writes WebDataset tars (``shard_size`` samples at most)
     instead of PNG files (see :mod:`cytoclip.prepare.engine`).
+
+    ``square_scale`` multiplies the SquareBBox sides, keeping their names: the paper's sides are pixels of
+    real-size sections, so on smaller brains (a synthetic atlas: :func:`cytoclip.provenance.brain_scale`) the
+    same box covers a larger share of the brain unless it is scaled with it. 1.0 (DHARANI) crops as the paper.
     """
     from cytoclip.atlas import open_atlas
     from cytoclip.ontology import load_merge_spec, merge_map
@@ -440,6 +449,8 @@ def prepare_regions(atlas: Any, output_dir: str | os.PathLike, spec: str = "lowr
     if not (float(mpp) > 0 and math.isfinite(float(mpp))):
         raise ValueError(f"mpp: expected a positive resolution in µm/px, got {mpp!r}")
     square_sides = tuple(int(s) for s in square_sides)
+    if not (float(square_scale) > 0 and math.isfinite(float(square_scale))):
+        raise ValueError(f"square_scale: expected a positive factor, got {square_scale!r}")
     if any(s <= 0 for s in square_sides):
         raise ValueError(f"square_sides: expected positive pixel sizes, got {square_sides}")
     if not 0.0 < float(val_fraction) < 1.0:
@@ -452,6 +463,7 @@ def prepare_regions(atlas: Any, output_dir: str | os.PathLike, spec: str = "lowr
     params = {"spec": str(spec), "min_area": float(min_area),
               "min_area_perimeter_ratio": float(min_area_perimeter_ratio), "part_distance": float(part_distance),
               "square_sides": list(square_sides), "mpp": float(mpp), "image_format": "png",
+              **({"square_scale": float(square_scale)} if float(square_scale) != 1.0 else {}),
               **engine.output_params(format, shard_size)}
     return engine.run(KIND, atlas, output_dir, params, {"mapping": mapping, "labels": labels},
                       section_params=SECTION_PARAMS, workers=workers, sections=sections,

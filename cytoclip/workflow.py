@@ -74,12 +74,20 @@ def study_data(source: str = "synthetic", atlas: str | os.PathLike | None = None
                atlas_profile: str | None = "demo", data_dir: str | os.PathLike = "data", atlas_seed: int = 0,
                kinds: Sequence[str] = ("regions",), max_tiles_per_section: int | None = None,
                workers: int | None = None) -> dict[str, Any]:
-    """``{"atlas": root, "regions": dir, "tiles": dir}`` (the ``kinds`` asked for), built when missing.
+    """``{"atlas": root, "regions": dir, "tiles": dir, "square_scale": f}`` (the ``kinds`` asked for), built
+    when missing; the region images' SquareBBox sides are the paper's times ``square_scale``
+    (:func:`cytoclip.provenance.brain_scale`).
     ``workers`` defaults to all cores (sections are rendered and prepared in parallel)."""
+    from cytoclip.provenance import brain_scale
+
     root = ensure_atlas(source, atlas, atlas_profile, data_dir, atlas_seed, workers=workers)
-    out: dict[str, Any] = {"atlas": root}
+    # the paper's SquareBBox sides are pixels of real-size sections: on the synthetic atlas's smaller brains
+    # they are scaled with the brain, so a box covers the same share of it (DHARANI: 1.0, the paper's crops)
+    scale = brain_scale(root)
+    out: dict[str, Any] = {"atlas": root, "square_scale": scale}
     for kind in kinds:
-        extra = {"max_tiles_per_section": max_tiles_per_section} if kind == "tiles" else {}
+        extra = ({"max_tiles_per_section": max_tiles_per_section} if kind == "tiles" else
+                 {"square_scale": scale} if scale != 1.0 else {})
         out[kind] = ensure_prepared(root, kind, data_dir, workers=workers, **extra)
     return out
 

@@ -106,6 +106,14 @@ grid = [[(regions_dir / rows.iloc[0]["path"]) if len(rows) else None
 fig = plots.image_grid_figure(grid, list(some), types, title="Image types of the whole-region dataset",
                               synthetic=page.synthetic)
 plots.save_figure(fig, page.output_dir / "image_types.png"); plots.show(fig)
+scale = data["square_scale"]
+if scale != 1.0:
+    display(Markdown(
+        f"The brains of this atlas are **{scale:.2f}×** the linear size of real fetal brains, so the SquareBBox "
+        f"sides are scaled with them: `square224` and `square336` keep the paper's names but use minimum sides of "
+        f"{round(224 * scale)} and {round(336 * scale)} px at 16 µm/px, covering the same share of the brain as the "
+        "paper's 224 and 336 px do on a real section (`cytoclip.provenance.brain_scale`)."))
+page.results["square_scale"] = scale
 
 # %% [markdown]
 # ## The tile grid (2 µm/px, 224 px) over the example section

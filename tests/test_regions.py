@@ -331,6 +331,31 @@ def test_prepare_regions_bad_parameters(mini_atlas, tmp_path):
         R.prepare_regions(mini_atlas, tmp_path, image_format="jpg")
     with pytest.raises(ValueError, match="square_sides"):
         R.prepare_regions(mini_atlas, tmp_path, square_sides=(0,))
+    with pytest.raises(ValueError, match="square_scale"):
+        R.prepare_regions(mini_atlas, tmp_path, square_scale=0)
+
+
+def test_square_sides_scale_with_the_brain_and_keep_the_papers_names(tmp_path):
+    """On brains a fraction of real size the SquareBBox side is the paper's times that fraction (the same share
+    of the brain); the image type keeps the paper's name."""
+    img = _image()
+    found = R.SectionRegions(regions=[R.Region(7, box(100, 50, 150, 100))])
+    labels = {7: {"label": "Thalamus", "acronym": "TH", "ontology_path": "Brain / Thalamus"}}
+    prov = {"specimen": 1, "section": 10, "age_gw": 21.0, "plane": "sagittal"}
+    rows = R.section_rows(img, found, labels, prov, tmp_path, square_sides=(224, 336), mpp=16, square_scale=0.25)
+    by_type = {r["image_type"]: r for r in rows}
+    assert by_type["square224"]["x1"] - by_type["square224"]["x0"] == 56
+    assert by_type["square336"]["x1"] - by_type["square336"]["x0"] == 84
+
+
+def test_brain_scale_of_synthetic_and_real_atlases(smoke_atlas, tmp_path):
+    from cytoclip.provenance import brain_scale
+    from cytoclip.synth import REAL_SIZE_SCALE, load_profile
+
+    assert load_profile("full")["size_scale"] == REAL_SIZE_SCALE  # the full profile is the real-size one
+    assert brain_scale(smoke_atlas) == pytest.approx(load_profile("smoke")["size_scale"] / REAL_SIZE_SCALE)
+    (tmp_path / "data2d").mkdir()
+    assert brain_scale(tmp_path) == 1.0  # a DHARANI mirror: the paper's crops
 
 
 def test_cli_prepare_regions(mini_atlas, tmp_path, capsys):

@@ -28,6 +28,9 @@ import yaml
 __all__ = ["generate", "load_profile", "section_plan", "render_section", "SPECIMENS", "PROFILES_FILE"]
 
 PROFILES_FILE = Path(__file__).resolve().parents[1] / "resources" / "synth_profiles.yaml"
+#: the size_scale at which the synthetic brains have real fetal sizes (the ``full`` profile; a test checks it):
+#: an atlas written at size_scale s has brains s / REAL_SIZE_SCALE of the real ones' linear size
+REAL_SIZE_SCALE = 3.5
 GENERATOR_VERSION = "2"  # 2: C-shaped wall around the ventricle, development as data, numba renderer
 
 

@@ -29,8 +29,7 @@ MODEL_ZOO: list[dict] = [
      "has_text": True},
     {"name": "CONCH", "spec": "conch:hf-hub:MahmoodLab/CONCH", "image_size": 448,
      "role": "pathology foundation model baseline (image-text)",
-     "weights": "Hugging Face hub MahmoodLab/CONCH (gated: accept terms) + `pip install "
-                "git+https://github.com/mahmoodlab/CONCH`", "has_text": True},
+     "weights": "Hugging Face hub MahmoodLab/CONCH (gated: accept terms) + `pip install conch-fork`", "has_text": True},
     {"name": "UNI", "spec": "uni:hf-hub:MahmoodLab/UNI", "image_size": 224,
      "role": "pathology foundation model baseline (image-only: linear probe / kNN)",
      "weights": "Hugging Face hub MahmoodLab/UNI (gated: accept terms)", "has_text": False},
@@ -67,7 +66,7 @@ def check_available(spec: str) -> tuple[bool, str]:
         try:
             import conch  # noqa: F401
         except ImportError:
-            return False, "the conch package is not installed (pip install git+https://github.com/mahmoodlab/CONCH)"
+            return False, "the conch package is not installed (pip install conch-fork)"
     if prefix == "open_clip":
         rest = rest.rpartition("@")[2] if "@" in rest else rest
     if prefix == "open_clip" and "BiomedCLIP" in rest:

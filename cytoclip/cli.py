@@ -28,6 +28,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "train": ("cytoclip.train", "train (fine-tune) a CLIP model on a prepared dataset"),
     "evaluate": ("cytoclip.evaluate", "evaluate a model or run: classification, retrieval, baselines"),
     "study": ("cytoclip.study", "run the study's notebooks with papermill and build the book"),
+    "export": ("cytoclip.export", "write a trained model in its base library's format (transformers / open_clip) "
+                                  "with a model card"),
 }
 
 DEBUG_FLAG = "--debug"

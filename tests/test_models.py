@@ -182,6 +182,13 @@ def test_hf_clip_from_save_pretrained_dir(hf_dir, tmp_path):
     assert again.spec["source"] == str(hf_dir)
 
 
+def test_hf_accepts_the_study_image_size_when_it_is_the_models(hf_dir):
+    # the paper profile passes image_size (336 / 224) with hf: models, as the trainer does for every model
+    assert create_model(f"hf:{hf_dir}", image_size=32).image_size == 32
+    with pytest.raises(ModelSpecError, match=r"image_size 64 asked for, but the model is 32 px"):
+        create_model(f"hf:{hf_dir}", image_size=64)
+
+
 def test_hf_missing_weights_name_cache_and_offline_flag(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("CYTOCLIP_ALLOW_DOWNLOAD", raising=False)

@@ -18,7 +18,7 @@ from cytoclip.models.base import (
     weights_not_found,
 )
 
-HF_OPTIONS = {"source", "seed"}
+HF_OPTIONS = {"source", "seed", "image_size"}
 
 
 def looks_like_path(source: str) -> bool:
@@ -95,7 +95,8 @@ def _image_stats(source: str, config, local_only: bool) -> tuple[int, tuple, tup
 
 def build_hf(spec: dict, device="cpu", pretrained: bool = True, allow_download: bool | None = None) -> HFClipModel:
     """Load ``transformers.CLIPModel`` + tokenizer from a local directory or a hub id (cache only unless
-    downloads are allowed). ``pretrained=False`` builds the same architecture with random weights (``seed``)."""
+    downloads are allowed). ``pretrained=False`` builds the same architecture with random weights (``seed``).
+    ``image_size`` (the study's setting) must equal the model's own input size."""
     from transformers import AutoTokenizer, CLIPConfig, CLIPModel
 
     unknown = set(spec) - HF_OPTIONS - {"backend"}
@@ -131,6 +132,12 @@ def build_hf(spec: dict, device="cpu", pretrained: bool = True, allow_download: 
     except OSError as exc:  # transformers signals every missing file / offline miss with OSError
         raise weights_not_found(label, looked, how, cause=exc, allow_download=allow) from None
     size, mean, std = _image_stats(source, config, local_only)
+    if spec.get("image_size") is not None and int(spec["image_size"]) != size:
+        # the position embeddings are learnt at the checkpoint's size: a study setting must match it
+        from cytoclip.models.base import ModelSpecError
+
+        raise ModelSpecError(f"{label}: image_size {spec['image_size']} asked for, but the model is "
+                             f"{size} px (config.json vision_config.image_size); use a checkpoint of that size")
     resolved = {"backend": "hf", "source": spec["source"], "pretrained": bool(pretrained), "image_size": size}
     if not pretrained:
         resolved["seed"] = int(spec.get("seed", 0))

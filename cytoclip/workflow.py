@@ -221,6 +221,9 @@ def ensure_run(log=print, **params: Any) -> Path:
 
     from cytoclip.train import RESUME_FREE, TrainConfig, train
 
+    if params.get("max_steps") is None and os.environ.get("CYTOCLIP_MAX_STEPS"):
+        # `cytoclip study run --stand-ins` caps every run of the notebooks at a step or two
+        params["max_steps"] = int(os.environ["CYTOCLIP_MAX_STEPS"])
     config = TrainConfig(**{k: str(v) if isinstance(v, Path) else v for k, v in params.items() if v is not None})
     run_dir = Path(config.run_dir)
     stored = read_json(run_dir / "config.json") if (run_dir / "config.json").is_file() else None

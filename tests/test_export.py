@@ -164,3 +164,20 @@ def test_cli_export_with_results(tiny_run, tmp_path, capsys):
     assert "| accuracy (zero-shot (class-name prompts)) | 0.500 | 0.400–0.600 |" in body
     assert "image-to-image Recall@1" in body and "| DHARANI |" in body
     assert main(["export", str(tiny_run), str(tmp_path / "out")]) == 2  # exists: a one-line input error
+
+
+def test_cli_max_steps_run_saves_its_model_and_exports(tmp_path, capsys):
+    """`cytoclip train --max-steps` ends with model/ saved, like a finished run, and that run exports."""
+    from cytoclip.cli import main
+
+    dataset = _dataset(tmp_path / "ds")
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", str(dataset), "--model", "tiny", "--image-size", "64", "--epochs", "5",
+                 "--batch-size", "4", "--num-workers", "0", "--device", "cpu", "--run-dir", str(run),
+                 "--max-steps", "1"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["resolved"]["stops_at_step"] == 1 and config["resolved"]["total_steps"] == 15
+    assert (run / "model" / "cytoclip_model.json").is_file()
+    assert main(["export", str(run), str(tmp_path / "out")]) == 0
+    meta, body = _card(tmp_path / "out")
+    assert "(stopped at step 1)" in body and "No metrics recorded" in body

@@ -131,14 +131,10 @@ def _write_clip_bpe(directory):
     """open_clip's bundled CLIP BPE written as the vocab.json/merges.txt an HF CLIPTokenizer reads."""
     from open_clip.tokenizer import SimpleTokenizer
 
-    st = SimpleTokenizer()
-    # open_clip names the special tokens <start_of_text>/<end_of_text>; HF's CLIP tokenizer uses <|...|>
-    special = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
-    vocab = {special.get(k, k): v for k, v in st.encoder.items()}
-    (directory / "vocab.json").write_text(json.dumps(vocab))
-    merges = sorted(st.bpe_ranks, key=st.bpe_ranks.get)
-    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
-    return st
+    from cytoclip.models.standins import write_clip_tokenizer
+
+    write_clip_tokenizer(directory)
+    return SimpleTokenizer()
 
 
 @pytest.fixture(scope="module")

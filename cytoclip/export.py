@@ -128,8 +128,8 @@ def model_card(model: Any, library: str, info: dict, labels: list[str], results:
         lines += ["from transformers import CLIPModel, CLIPProcessor", "",
                   "model = CLIPModel.from_pretrained('<this folder>')",
                   "processor = CLIPProcessor.from_pretrained('<this folder>')",
-                  f"# pad the image to a square with black first (as in training), then: "
-                  f"processor(images=..., text=..., padding='max_length')"]
+                  "# pad the image to a square with black first (as in training), then: "
+                  "processor(images=..., text=..., padding='max_length')"]
     else:
         lines += ["import open_clip", "",
                   "model, _, preprocess = open_clip.create_model_and_transforms('local-dir:<this folder>')",
@@ -137,8 +137,8 @@ def model_card(model: Any, library: str, info: dict, labels: list[str], results:
     lines += ["```", "", "The labels are in `labels.txt` (one a line, the training order); the prompt used in "
               f"training is `{cfg.get('prompt', '{}')}` (the bare region name when `{{}}`).", ""]
     lines += ["## Training data", "", f"- **Data: {data}**" + (" (not DHARANI)" if synthetic else ""),
-              f"- Dataset: `{cfg.get('dataset', 'unknown')}`", f"- Image type: `{res.get('image_type') or cfg.get('image_type')}`, "
-              f"{model.image_size} px input, split scheme `{cfg.get('split') or 'the manifest split'}`",
+              f"- Dataset: `{cfg.get('dataset', 'unknown')}`",
+              f"- Image type: `{res.get('image_type') or cfg.get('image_type')}`, {model.image_size} px input, split scheme `{cfg.get('split') or 'the manifest split'}`",
               f"- Images: {res.get('n_train', '?')} training, {res.get('n_val', '?')} validation",
               f"- Training: {cfg.get('epochs', '?')} epochs"
               + (f" (stopped at step {cfg['max_steps']})" if cfg.get("max_steps") else "")
@@ -154,7 +154,8 @@ def model_card(model: Any, library: str, info: dict, labels: list[str], results:
     if rows:
         lines += ["| metric | value | 95 % interval | computed on | data |", "| --- | ---: | --- | --- | --- |"]
         for r in rows:
-            ci = f"{r['ci'][0]:.3f}–{r['ci'][1]:.3f}" if isinstance(r["ci"], (list, tuple)) and len(r["ci"]) == 2 else ""
+            ci = r["ci"]
+            ci = f"{ci[0]:.3f}–{ci[1]:.3f}" if isinstance(ci, (list, tuple)) and len(ci) == 2 else ""
             value = f"{r['value']:.3f}" if isinstance(r["value"], (int, float)) else str(r["value"])
             lines.append(f"| {r['metric']} | {value} | {ci} | {r['on']} | {r['data']} |")
     else:

@@ -56,7 +56,8 @@ def check_available(spec: str | dict) -> tuple[bool, str]:
         ref = spec.get("checkpoint") or spec.get("path") or spec.get("source") or spec.get("name")
         if ref is None or str(ref).startswith("hf-hub:"):
             return ref is None, "no weights to load" if ref is None else f"{ref}: a hub id in a spec dict"
-        return Path(ref).expanduser().exists(), f"found {ref}" if Path(ref).expanduser().exists() else f"not found: {ref}"
+        ok = Path(ref).expanduser().exists()
+        return ok, f"found {ref}" if ok else f"not found: {ref}"
     offline = os.environ.get("HF_HUB_OFFLINE", "<unset>")
     cache = f"(HF cache {hf_cache_dir()}, HF_HUB_OFFLINE={offline})"
     prefix, _, rest = spec.partition(":")

@@ -30,6 +30,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "predict": ("cytoclip.annotate.cli:configure_predict", "name images or drawn areas of a section (top-k regions)"),
     "segment": ("cytoclip.annotate.cli:configure_segment", "segment whole sections: GeoJSON, overlay, tile scores"),
     "study": ("cytoclip.study", "run the study's notebooks with papermill and build the book"),
+    "export": ("cytoclip.export", "write a trained model in its base library's format (transformers / open_clip) "
+                                  "with a model card"),
 }
 
 DEBUG_FLAG = "--debug"

@@ -203,15 +203,23 @@ def _experiment_fingerprint(study: Study, exp_id: str, params: dict, upstream: d
 
 def run_study(profile: str = "demo", only: list[str] | None = None, config: str | os.PathLike | None = None,
               force: bool = False, kernel_name: str | None = None, log=print,
-              monitor: bool = True) -> list[ExperimentOutcome]:
+              monitor: bool = True, standins: str | os.PathLike | bool | None = None,
+              standins_size: str = "full") -> list[ExperimentOutcome]:
     """Execute the study's experiments for ``profile``; returns one outcome per experiment in order.
 
     While an experiment runs, a status line (``monitor``) shows its cells done, the step it is in (the training
     epoch and loss when it trains) and the time left, estimated from the last run of the same profile.
-    """
+
+    ``standins``: run ``profile`` on random-weight stand-ins of its real models written under this folder
+    (``True``: ``data/standins``), on the smoke synthetic atlas, a step or two per training run, into the
+    folder's own ``runs/`` and ``book/`` (:func:`cytoclip.models.standins.use_standins`)."""
     import papermill as pm
 
     study = load_study(config)
+    if standins:
+        from cytoclip.models.standins import use_standins
+
+        use_standins(study, profile, None if standins is True else standins, size=standins_size, log=log)
     order = execution_order(study, only)
     # progress bars belong to interactive use; in executed pages they are noise (the runner logs progress)
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -477,6 +485,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--force", action="store_true", help="rerun even unchanged experiments")
     run.add_argument("--config", default=STUDY_FILE, help="study file (default: ./_config.yml)")
     run.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebook's)")
+    run.add_argument("--stand-ins", nargs="?", const=True, default=None, metavar="DIR",
+                     help="run the profile on random-weight stand-ins of its real models (written to DIR, default "
+                          "data/standins), the smoke synthetic atlas and a step or two per run: the real path "
+                          "without downloads")
+    run.add_argument("--stand-ins-size", default="full", choices=("full", "small"),
+                     help="full: the real architectures (default); small: the same families at tiny widths")
     run.set_defaults(func=_cmd_run)
     lst = sub.add_parser("list", help="list experiments in execution order with their notebooks")
     lst.add_argument("--config", default=STUDY_FILE)
@@ -490,7 +504,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     try:
-        outcomes = run_study(args.profile, args.only, args.config, force=args.force, kernel_name=args.kernel)
+        outcomes = run_study(args.profile, args.only, args.config, force=args.force, kernel_name=args.kernel,
+                             standins=args.stand_ins, standins_size=args.stand_ins_size)
     except StudyConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

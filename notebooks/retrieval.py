@@ -49,6 +49,12 @@ output_dir = "book/results/retrieval"
 # fraction of *all* relevant items found in the top K (it cannot exceed K / number of relevant items); the usual
 # **hit@K** (at least one relevant item in the top K) stands beside it. UNI is image-only: its text tasks are "—".
 # Base models whose weights are absent are listed as **not run**; the trained models are the study's own runs.
+#
+# The base models are the parameter `base_models` (name -> model spec; defaults in `_config.yml`). With the weights
+# on disk, pass their paths, e.g. `papermill notebooks/retrieval.ipynb out.ipynb -y "base_models: {'CLIP (base)':
+# 'hf:/models/clip-vit-large-patch14', 'BiomedCLIP (base)': 'open_clip:/models/biomedclip', UNI:
+# 'uni:/models/uni/pytorch_model.bin', CONCH: 'conch:/models/conch/pytorch_model.bin'}"`; a name left out is
+# listed as not run.
 
 # %% tags=["hide-input"]
 import pandas as pd
@@ -70,7 +76,8 @@ SETS = {"Complete region": wf.experiment_dataset(data["regions"], "square224", p
                                                 split_seed=split_seed)}
 TRAINED = {"Complete region": {"CytoCLIP (CLIP)": "train_clip224", "CytoCLIP (BiomedCLIP)": "train_biomedclip224"},
            "High-res tiles": {"CytoCLIP (BiomedCLIP)": "train_tiles"}}
-BASES = {name: base_models[name] for name in ("CLIP (base)", "BiomedCLIP (base)", "UNI", "CONCH")}
+BASE_NAMES = ("CLIP (base)", "BiomedCLIP (base)", "UNI", "CONCH")
+BASES = {name: base_models.get(name) for name in BASE_NAMES}  # a name not given: listed as not run
 
 # %% tags=["hide-input"]
 rows, not_run, example = [], [], None
@@ -78,6 +85,9 @@ for set_name, exp_data in SETS.items():
     candidates = [(name, spec, "pretrained, not trained") for name, spec in BASES.items()]
     candidates += [(name, wf.run_dir_for(runs_dir, profile, e, seed), f"run {e}") for name, e in TRAINED[set_name].items()]
     for paper_name, spec, what in candidates:
+        if spec is None:
+            not_run.append({"set": set_name, "model": paper_name, "spec": "", "reason": "not given in base_models"})
+            continue
         info = describe_model(spec) if what.startswith("pretrained") else {"available": True}
         net, reason = wf.try_model(spec, device=device) if info["available"] else (None, info["reason"])
         if net is None:
@@ -103,7 +113,8 @@ for set_name, exp_data in SETS.items():
         page.results[f"{set_name}/{paper_name}"] = {"n_images": r["n_images"], "n_regions": r["n_regions"], **r}
 page.results["not_run"] = not_run
 display(Markdown("**Not run** (the reason is the loader's message; on the CPU default these pretrained models "
-                 "have no stand-in, so their rows stay empty):"))
+                 "are absent, so their rows stay empty; `cytoclip study run --profile paper --stand-ins` runs "
+                 "random-weight stand-ins of them):"))
 display(pd.DataFrame(not_run, columns=["set", "model", "spec", "reason"]))
 
 # %% tags=["hide-input"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -130,14 +131,10 @@ def _write_clip_bpe(directory):
     """open_clip's bundled CLIP BPE written as the vocab.json/merges.txt an HF CLIPTokenizer reads."""
     from open_clip.tokenizer import SimpleTokenizer
 
-    st = SimpleTokenizer()
-    # open_clip names the special tokens <start_of_text>/<end_of_text>; HF's CLIP tokenizer uses <|...|>
-    special = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
-    vocab = {special.get(k, k): v for k, v in st.encoder.items()}
-    (directory / "vocab.json").write_text(json.dumps(vocab))
-    merges = sorted(st.bpe_ranks, key=st.bpe_ranks.get)
-    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
-    return st
+    from cytoclip.models.standins import write_clip_tokenizer
+
+    write_clip_tokenizer(directory)
+    return SimpleTokenizer()
 
 
 @pytest.fixture(scope="module")
@@ -181,14 +178,39 @@ def test_hf_clip_from_save_pretrained_dir(hf_dir, tmp_path):
     assert again.spec["source"] == str(hf_dir)
 
 
+def test_hf_accepts_the_study_image_size_when_it_is_the_models(hf_dir):
+    # the paper profile passes image_size (336 / 224) with hf: models, as the trainer does for every model
+    assert create_model(f"hf:{hf_dir}", image_size=32).image_size == 32
+    with pytest.raises(ModelSpecError, match=r"image_size 64 asked for, but the model is 32 px"):
+        create_model(f"hf:{hf_dir}", image_size=64)
+
+
 def test_hf_missing_weights_name_cache_and_offline_flag(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("CYTOCLIP_ALLOW_DOWNLOAD", raising=False)
     with pytest.raises(ModelWeightsNotFound) as err:
         create_model("hf:cytoclip-test/absent-clip")
     msg = str(err.value)
-    assert "hf:cytoclip-test/absent-clip" in msg and "HF_HUB_OFFLINE=1" in msg and "huggingface-cli download" in msg
+    assert "hf:cytoclip-test/absent-clip" in msg and "HF_HUB_OFFLINE=1" in msg
+    # current huggingface_hub ships `hf`, no longer `huggingface-cli`
+    assert "`hf download cytoclip-test/absent-clip`" in msg and "huggingface-cli" not in msg
     assert isinstance(err.value, FileNotFoundError)
+
+
+@pytest.mark.parametrize("source", ["/nowhere/clip-vit-large-patch14-336", "./typo/clip", "~/no/such/clip",
+                                    "models/openai/clip-vit-large-patch14"])
+def test_hf_mistyped_local_path_is_not_looked_up_on_the_hub(source, monkeypatch):
+    import transformers
+
+    def no_hub(*args, **kwargs):  # a path must never reach the hub loaders
+        raise AssertionError(f"looked up on the hub: {args}")
+
+    monkeypatch.setattr(transformers.CLIPConfig, "from_pretrained", no_hub)
+    with pytest.raises(ModelWeightsNotFound) as err:
+        create_model(f"hf:{source}")
+    msg = str(err.value)
+    assert msg.startswith(f"hf:{source}: path not found") and "\n" not in msg
+    assert "Hugging Face cache" not in msg
 
 
 # ----------------------------------------------------------------------------------------------- open_clip
@@ -253,13 +275,57 @@ def test_open_clip_hf_text_tower_local_dir_and_round_trip(tmp_path):
     img, txt = m.encode_image(_images(32)), m.encode_text(tokens)
     assert img.shape == txt.shape == (B, 16)
     m.save(tmp_path / "saved")
-    assert (tmp_path / "saved" / "text" / "config.json").is_file()  # the BERT config travels with the model
+    assert (tmp_path / "saved" / "config.json").is_file()  # the BERT config travels with the model
     again = create_model(tmp_path / "saved")
     assert torch.equal(again.encode_image(_images(32)), img) and torch.equal(again.encode_text(tokens), txt)
     # another image size resamples the timm tower's position embeddings from the checkpoint
     bigger = create_model(f"open_clip:{repo}", image_size=48)
     assert bigger.image_size == 48 and bigger.encode_image(_images(48)).shape == (B, 16)
     assert bigger.module.visual.trunk.pos_embed.shape[1] == 1 + 3 * 3
+
+
+def _open_clip_alone(directory):
+    """Load a saved directory with open_clip's own API only (no cytoclip code on the path)."""
+    import open_clip
+
+    module, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{directory}")
+    return module.eval(), preprocess, open_clip.get_tokenizer(f"local-dir:{directory}")
+
+
+def test_saved_open_clip_model_loads_with_open_clip_alone_from_another_folder(tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    repo, bert, ref = _write_biomedclip_like(tmp_path / "src", bert_ref=str(tmp_path / "src" / "bert"))
+    # open_clip builds a timm image tower at timm's default size (224 here) whatever the config says
+    m = create_model(f"open_clip:{repo}", image_size=224)
+    m.save(tmp_path / "saved")
+    shutil.rmtree(tmp_path / "src")  # the original text tower files are gone: the saved copy is self-contained
+    conf = json.loads((tmp_path / "saved" / "open_clip_config.json").read_text())
+    assert conf["preprocess_cfg"]["resize_mode"] in ("shortest", "longest", "squash")  # what open_clip accepts
+    assert Path(conf["model_cfg"]["text_cfg"]["hf_model_name"]).is_absolute()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    module, preprocess, tokenizer = _open_clip_alone(tmp_path / "saved")
+    texts = ["thalamus", "basal nuclei"]
+    assert torch.equal(tokenizer(texts), m.tokenize(texts))
+    with torch.no_grad():
+        assert torch.allclose(module.encode_image(_images(224), normalize=True), m.encode_image(_images(224)),
+                              atol=1e-5)
+        assert torch.allclose(module.encode_text(tokenizer(texts), normalize=True), m.encode_text(m.tokenize(texts)),
+                              atol=1e-5)
+    # cytoclip itself still loads the same directory
+    assert torch.equal(create_model(tmp_path / "saved").encode_image(_images(224)), m.encode_image(_images(224)))
+
+
+def test_saved_tiny_model_config_is_accepted_by_open_clip(tiny, tmp_path):
+    tiny.save(tmp_path / "saved")
+    module, preprocess, tokenizer = _open_clip_alone(tmp_path / "saved")  # was: AssertionError on pad_to_square
+    with torch.no_grad():
+        assert torch.allclose(module.encode_image(_images(64), normalize=True), tiny.encode_image(_images(64)),
+                              atol=1e-5)
+    assert torch.equal(tokenizer(["pons"]), tiny.tokenize(["pons"]))
 
 
 def _fake_hub_repo(cache, repo_id: str, src_dir):
@@ -364,17 +430,65 @@ def test_missing_weights_name_path_and_offline_flag(monkeypatch, tmp_path):
 
 # ----------------------------------------------------------------------------------------------------- CONCH
 
-def test_conch_absent_gives_install_instructions(tmp_path):
-    try:
-        import conch  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("the conch package is installed here; this test covers its absence")
+def test_conch_absent_names_the_installable_package(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "conch", None)  # as if the package were not installed
     (tmp_path / "pytorch_model.bin").write_bytes(b"")
-    with pytest.raises(ImportError, match=re.escape("pip install git+https://github.com/mahmoodlab/CONCH")):
+    with pytest.raises(ImportError, match=re.escape("pip install conch-fork")):
         create_model(f"conch:{tmp_path / 'pytorch_model.bin'}")
-    assert not describe_model("CONCH")["available"]
+    row = describe_model("CONCH")
+    assert not row["available"] and "conch-fork" in row["reason"]
+
+
+#: CONCH's CoCa layout (conch_ViT-B-16) at a tiny width: same towers, same context length of 128
+CONCH_SMALL = {
+    "embed_dim": 16, "embed_dim_caption": 32,
+    "vision_cfg": {"image_size": 32, "patch_size": 16, "width": 32, "layers": 1, "num_heads": 2,
+                   "attentional_pool_caption": True, "attentional_pool_contrast": True, "attn_pooler_heads": 2,
+                   "n_queries_contrast": 1, "n_queries_caption": 4, "output_tokens": True},
+    "text_cfg": {"context_length": 128, "vocab_size": 32007, "width": 32, "heads": 2, "layers": 1,
+                 "embed_cls": True, "output_tokens": True},
+    "multimodal_cfg": {"context_length": 128, "vocab_size": 32007, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def conch_ckpt(tmp_path_factory):
+    pytest.importorskip("conch", reason="the conch package (pip install conch-fork) is not installed")
+    from cytoclip.models.pathology import build_conch_module
+
+    d = tmp_path_factory.mktemp("conch")
+    net = build_conch_module(CONCH_SMALL, seed=3)
+    torch.save(net.state_dict(), d / "pytorch_model.bin")
+    return d, net
+
+
+def test_conch_tokenizes_and_encodes_text_with_the_current_tokenizer_api(conch_ckpt, tmp_path):
+    d, net = conch_ckpt
+    m = create_model({"backend": "conch", "checkpoint": str(d), "model_cfg": CONCH_SMALL})
+    assert _same_weights(m.module, net) and m.image_size == 32 and m.has_text
+    tokens = m.tokenize(["thalamus", "basal nuclei"])  # CONCH's own tokenize() calls batch_encode_plus
+    pad = m._tokenizer.pad_token_id
+    assert tokens.shape == (B, 128) and tokens.dtype == torch.long
+    assert (tokens[:, 0] == m._tokenizer.bos_token_id).all() and (tokens[:, -1] == pad).all()
+    assert (tokens[0] != pad).sum() < (tokens[1] != pad).sum()  # two words take more tokens than one
+    txt, img = m.encode_text(tokens), m.encode_image(_images(32))
+    assert txt.shape == img.shape == (B, 16)
+    with torch.no_grad():
+        assert torch.allclose(img, net.eval().encode_image(_images(32), normalize=True, proj_contrast=True),
+                              atol=1e-6)
+    m.save(tmp_path / "saved")
+    again = create_model(tmp_path / "saved")
+    assert torch.equal(again.encode_text(tokens), txt) and torch.equal(again.encode_image(_images(32)), img)
+
+
+def test_conch_checkpoint_without_text_tower_is_refused_naming_the_keys(conch_ckpt, tmp_path):
+    d, net = conch_ckpt
+    state = {k: v for k, v in net.state_dict().items() if not k.startswith("text.")}
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "pytorch_model.bin")) + r".*missing keys.*'text'"):
+        create_model({"backend": "conch", "checkpoint": str(tmp_path), "model_cfg": CONCH_SMALL})
 
 
 # ------------------------------------------------------------------------------------------------------- zoo

@@ -95,8 +95,8 @@ def hf_snapshot(repo_id: str, model: str, allow_download: bool, allow_patterns: 
     except Exception as exc:  # huggingface_hub raises several types (LocalEntryNotFound, HTTP, auth)
         raise weights_not_found(
             model, [f"hf-hub:{repo_id} in the Hugging Face cache"],
-            how or f"run `huggingface-cli download {repo_id}` on a machine with network access (or copy the "
-                   f"cache), or pass a local directory instead of the hub id",
+            how or f"run `hf download {repo_id}` (huggingface_hub's command line) on a machine with network access "
+                   f"(or copy the cache), or pass a local directory instead of the hub id",
             cause=exc, allow_download=allow_download) from None
     return Path(path)
 

@@ -9,9 +9,23 @@ from typing import Sequence
 
 import torch
 
-from cytoclip.models.base import OPENAI_MEAN, OPENAI_STD, CytoModel, downloads_allowed, weights_not_found
+from cytoclip.models.base import (
+    OPENAI_MEAN,
+    OPENAI_STD,
+    CytoModel,
+    ModelWeightsNotFound,
+    downloads_allowed,
+    weights_not_found,
+)
 
-HF_OPTIONS = {"source", "seed"}
+HF_OPTIONS = {"source", "seed", "image_size"}
+
+
+def looks_like_path(source: str) -> bool:
+    """Whether an ``hf:`` source can only be a local path: hub ids are ``name`` or ``org/name`` (no leading
+    ``/``, ``.`` or ``~``, at most one ``/``, no backslash)."""
+    return (source.startswith(("/", ".", "~")) or source.count("/") > 1 or "\\" in source
+            or Path(source).is_absolute())
 
 
 def _features(out) -> torch.Tensor:
@@ -81,7 +95,8 @@ def _image_stats(source: str, config, local_only: bool) -> tuple[int, tuple, tup
 
 def build_hf(spec: dict, device="cpu", pretrained: bool = True, allow_download: bool | None = None) -> HFClipModel:
     """Load ``transformers.CLIPModel`` + tokenizer from a local directory or a hub id (cache only unless
-    downloads are allowed). ``pretrained=False`` builds the same architecture with random weights (``seed``)."""
+    downloads are allowed). ``pretrained=False`` builds the same architecture with random weights (``seed``).
+    ``image_size`` (the study's setting) must equal the model's own input size."""
     from transformers import AutoTokenizer, CLIPConfig, CLIPModel
 
     unknown = set(spec) - HF_OPTIONS - {"backend"}
@@ -92,12 +107,17 @@ def build_hf(spec: dict, device="cpu", pretrained: bool = True, allow_download: 
     source = str(spec["source"])
     allow = downloads_allowed(allow_download)
     is_dir = Path(source).expanduser().is_dir()
+    if not is_dir and looks_like_path(source):
+        # a hub id is 'name' or 'org/name'; anything else is a local path that is not there (no hub lookup)
+        raise ModelWeightsNotFound(f"hf:{source}: path not found ({Path(source).expanduser()} is not a "
+                                   f"directory); a local path, so it is not looked up on the hub (hub ids are "
+                                   f"'org/name'): check the path of the save_pretrained directory")
     if is_dir:
         source = str(Path(source).expanduser().resolve())
     local_only = is_dir or not allow
     label = f"hf:{spec['source']}"
     how = (f"copy a `save_pretrained` directory (config.json, model.safetensors, tokenizer files) and pass its "
-           f"path, or run `huggingface-cli download {spec['source']}`" if not is_dir else
+           f"path, or run `hf download {spec['source']}`" if not is_dir else
            f"check that {source} holds config.json, model.safetensors/pytorch_model.bin and tokenizer files")
     looked = [source if is_dir else f"hf-hub:{source} in the Hugging Face cache"]
     try:
@@ -112,6 +132,12 @@ def build_hf(spec: dict, device="cpu", pretrained: bool = True, allow_download: 
     except OSError as exc:  # transformers signals every missing file / offline miss with OSError
         raise weights_not_found(label, looked, how, cause=exc, allow_download=allow) from None
     size, mean, std = _image_stats(source, config, local_only)
+    if spec.get("image_size") is not None and int(spec["image_size"]) != size:
+        # the position embeddings are learnt at the checkpoint's size: a study setting must match it
+        from cytoclip.models.base import ModelSpecError
+
+        raise ModelSpecError(f"{label}: image_size {spec['image_size']} asked for, but the model is "
+                             f"{size} px (config.json vision_config.image_size); use a checkpoint of that size")
     resolved = {"backend": "hf", "source": spec["source"], "pretrained": bool(pretrained), "image_size": size}
     if not pretrained:
         resolved["seed"] = int(spec.get("seed", 0))

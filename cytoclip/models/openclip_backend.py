@@ -152,7 +152,8 @@ class OpenClipModel(CytoModel):
 
     format = "open_clip"
 
-    def __init__(self, module, spec: dict, model_cfg: dict, preprocess_cfg: dict, text_dir: Path | None = None):
+    def __init__(self, module, spec: dict, model_cfg: dict, preprocess_cfg: dict, text_dir: Path | None = None,
+                 text_hub_id: str | None = None):
         size = model_cfg["vision_cfg"].get("image_size", 224)
         size = size[0] if isinstance(size, (list, tuple)) else size
         super().__init__(module, spec, size, preprocess_cfg.get("mean", OPENAI_MEAN),
@@ -160,6 +161,8 @@ class OpenClipModel(CytoModel):
         self.model_cfg = model_cfg
         self.preprocess_cfg = dict(preprocess_cfg)
         self.text_dir = text_dir
+        #: the hub id of an HF text tower (BiomedCLIP's BERT), kept for the open_clip config of a saved copy
+        self.text_hub_id = text_hub_id
         self._tokenizer = make_tokenizer(model_cfg)
         self.context_length = int(model_cfg["text_cfg"].get("context_length", 77))
 
@@ -182,23 +185,37 @@ class OpenClipModel(CytoModel):
 
     def _save_files(self, tmp: Path) -> dict:
         save_module_safetensors(self.module, tmp / WEIGHTS_FILE)
+        text_dir = None
+        if "hf_model_name" in self.model_cfg.get("text_cfg", {}):
+            # an HF text tower needs its config and tokenizer files to rebuild offline; they go at the top level,
+            # where open_clip's own `local-dir:` loader reads the tokenizer from
+            self.module.text.config.save_pretrained(tmp)
+            self._tokenizer.tokenizer.save_pretrained(tmp)
+            text_dir = "."
+        # save() writes into a temporary directory inside the target: its parent is where the model will live
+        write_json(tmp / CONFIG_FILE, self.open_clip_config(tmp.parent))
+        return {"weights": WEIGHTS_FILE, "config": CONFIG_FILE, "text_dir": text_dir,
+                "text_hub_id": self.text_hub_id}
+
+    def open_clip_config(self, directory: Path) -> dict:
+        """``open_clip_config.json`` for a copy of this model in ``directory``, in the form open_clip's own
+        ``create_model_and_transforms('local-dir:<directory>')`` accepts.
+
+        Preprocessing: open_clip's ``resize_mode: longest`` with ``fill_color: 0`` (resize the longer side,
+        pad with zeros to a square; cytoclip pads first, then resizes: the same up to interpolation at the
+        border). An HF text tower's ``hf_model_name`` is its hub id when it came from the hub (open_clip finds
+        its config in the Hugging Face cache, as for the base model), else the absolute path of ``directory``
+        (which holds the tower's config.json): a relative path would depend on the working directory."""
         cfg = copy.deepcopy(self.model_cfg)
         text_cfg = cfg["text_cfg"]
-        text_dir = None
         if "hf_model_name" in text_cfg:
-            # an HF text tower needs its config and tokenizer files to rebuild offline: keep a copy beside
-            (tmp / TEXT_DIR).mkdir()
-            self.module.text.config.save_pretrained(tmp / TEXT_DIR)
-            self._tokenizer.tokenizer.save_pretrained(tmp / TEXT_DIR)
-            text_cfg["hf_model_name"] = TEXT_DIR
-            text_cfg["hf_tokenizer_name"] = TEXT_DIR
-            text_dir = TEXT_DIR
+            text_cfg["hf_model_name"] = self.text_hub_id or str(Path(directory).resolve())
+            text_cfg["hf_tokenizer_name"] = self.text_hub_id or str(Path(directory).resolve())
         text_cfg.pop("hf_model_pretrained", None)
         cfg.get("vision_cfg", {}).pop("timm_model_pretrained", None)
         pre = {"mean": list(self.mean), "std": list(self.std), "size": self.image_size,
-               "interpolation": "bicubic", "resize_mode": "pad_to_square"}
-        write_json(tmp / CONFIG_FILE, {"model_cfg": cfg, "preprocess_cfg": pre})
-        return {"weights": WEIGHTS_FILE, "config": CONFIG_FILE, "text_dir": text_dir}
+               "interpolation": "bicubic", "resize_mode": "longest", "fill_color": 0}
+        return {"model_cfg": cfg, "preprocess_cfg": pre}
 
     @classmethod
     def _load(cls, path: Path, meta: dict, device) -> "OpenClipModel":
@@ -214,7 +231,8 @@ class OpenClipModel(CytoModel):
         module = build_openclip_module(cfg)
         load_module_safetensors(module, path / meta.get("weights", WEIGHTS_FILE))
         pre = {"mean": meta.get("mean", OPENAI_MEAN), "std": meta.get("std", OPENAI_STD)}
-        return cls(module.to(device), meta["spec"], cfg, pre, text_dir=text_dir)
+        return cls(module.to(device), meta["spec"], cfg, pre, text_dir=text_dir,
+                   text_hub_id=meta.get("text_hub_id"))
 
 
 def _check_options(spec: dict, allowed: set[str], backend: str) -> None:
@@ -326,6 +344,8 @@ def build_open_clip(spec: dict, device="cpu", pretrained: bool = True,
         raise weights_not_found(label, [str(checkpoint)], "check the path after '@' in the spec")
     if spec.get("image_size") is not None:
         cfg["vision_cfg"]["image_size"] = int(spec["image_size"])
+    hub_text = cfg.get("text_cfg", {}).get("hf_model_name")
+    hub_text = hub_text if hub_text and not Path(hub_text).exists() else None
     _localise_hf_text(cfg, label, allow)
     seed = int(spec.get("seed", 0))
     module = build_openclip_module(cfg, seed=seed)
@@ -335,4 +355,4 @@ def build_open_clip(spec: dict, device="cpu", pretrained: bool = True,
                 "pretrained": bool(pretrained and checkpoint), "seed": seed,
                 "image_size": cfg["vision_cfg"].get("image_size")}
     resolved["model_cfg"] = json.loads(json.dumps(cfg, default=str))
-    return OpenClipModel(module.to(device), resolved, cfg, preprocess)
+    return OpenClipModel(module.to(device), resolved, cfg, preprocess, text_hub_id=hub_text)

@@ -29,8 +29,7 @@ MODEL_ZOO: list[dict] = [
      "has_text": True},
     {"name": "CONCH", "spec": "conch:hf-hub:MahmoodLab/CONCH", "image_size": 448,
      "role": "pathology foundation model baseline (image-text)",
-     "weights": "Hugging Face hub MahmoodLab/CONCH (gated: accept terms) + `pip install "
-                "git+https://github.com/mahmoodlab/CONCH`", "has_text": True},
+     "weights": "Hugging Face hub MahmoodLab/CONCH (gated: accept terms) + `pip install conch-fork`", "has_text": True},
     {"name": "UNI", "spec": "uni:hf-hub:MahmoodLab/UNI", "image_size": 224,
      "role": "pathology foundation model baseline (image-only: linear probe / kNN)",
      "weights": "Hugging Face hub MahmoodLab/UNI (gated: accept terms)", "has_text": False},
@@ -51,8 +50,14 @@ def _hub_cached(repo: str) -> bool:
     return True
 
 
-def check_available(spec: str) -> tuple[bool, str]:
+def check_available(spec: str | dict) -> tuple[bool, str]:
     """Whether ``spec``'s weights are on disk right now (no download, no model construction) and why not."""
+    if isinstance(spec, dict):  # a spec dict (e.g. a small stand-in): its weights are a local path or none
+        ref = spec.get("checkpoint") or spec.get("path") or spec.get("source") or spec.get("name")
+        if ref is None or str(ref).startswith("hf-hub:"):
+            return ref is None, "no weights to load" if ref is None else f"{ref}: a hub id in a spec dict"
+        ok = Path(ref).expanduser().exists()
+        return ok, f"found {ref}" if ok else f"not found: {ref}"
     offline = os.environ.get("HF_HUB_OFFLINE", "<unset>")
     cache = f"(HF cache {hf_cache_dir()}, HF_HUB_OFFLINE={offline})"
     prefix, _, rest = spec.partition(":")
@@ -67,7 +72,7 @@ def check_available(spec: str) -> tuple[bool, str]:
         try:
             import conch  # noqa: F401
         except ImportError:
-            return False, "the conch package is not installed (pip install git+https://github.com/mahmoodlab/CONCH)"
+            return False, "the conch package is not installed (pip install conch-fork)"
     if prefix == "open_clip":
         rest = rest.rpartition("@")[2] if "@" in rest else rest
     if prefix == "open_clip" and "BiomedCLIP" in rest:

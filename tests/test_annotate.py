@@ -133,12 +133,12 @@ def test_predict_box_at_a_stated_scale_and_polygon(trained_run, smoke_atlas, tmp
     out = tmp_path / "box.csv"
     # the same area given at 2 µm/px (level 0) and at 8 µm/px: the same box in level-0 px, the same answer
     rc, text, err = _run(["predict", "--model", str(trained_run), "--atlas", str(smoke_atlas), "--section", "5/1009",
-                          "--box", "800,600,400,300", "--box", "200,150,100,75", "--box-mpp", "8",
+                          "--box", "400,300,200,150", "--box", "200,150,100,75", "--box-mpp", "8",
                           "--output", str(out)], capsys)
     assert rc == 0, err
     frame = pd.read_csv(out)
     a, b = (g for _, g in frame.groupby("query", sort=False))
-    assert a[["x0", "y0", "x1", "y1"]].iloc[0].tolist() == [3200, 2400, 4800, 3600]
+    assert a[["x0", "y0", "x1", "y1"]].iloc[0].tolist() == [1600, 1200, 2400, 1800]
     assert b[["x0", "y0", "x1", "y1"]].iloc[0].tolist() == [800, 600, 1200, 900]
     rc, _, err = _run(["predict", "--model", str(trained_run), "--atlas", str(smoke_atlas), "--section", "5/1009",
                        "--box", "800,600,400,300", "--output", str(tmp_path / "box2.csv")], capsys)

@@ -505,7 +505,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     try:
         outcomes = run_study(args.profile, args.only, args.config, force=args.force, kernel_name=args.kernel,
-                             standins=args.stand_ins, standins_size=args.stand_ins_size)
+                             standins=getattr(args, "stand_ins", None),
+                             standins_size=getattr(args, "stand_ins_size", "full"))
     except StudyConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

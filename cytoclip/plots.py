@@ -276,7 +276,9 @@ def training_curves_figure(run_dir_or_log: str | os.PathLike | pd.DataFrame, syn
     xcol = next((c for c in ("step", "global_step", "epoch") if c in df.columns), None)
     x = df[xcol] if xcol else pd.Series(np.arange(len(df)), name="row")
     num = [c for c in df.columns if pd.api.types.is_numeric_dtype(df[c]) and c != xcol]
-    skip = {"lr", "learning_rate", "time", "elapsed", "elapsed_s", "wall_s", "epoch", "step"}
+    # counts (images, skipped steps) are not metrics on the 0-1 scale of the validation panel
+    skip = {"lr", "learning_rate", "time", "elapsed", "elapsed_s", "wall_s", "epoch", "step", "val_n",
+            "nonfinite_steps"}
     losses = [c for c in num if "loss" in c.lower()]
     others = [c for c in num if c not in losses and c.lower() not in skip and not c.lower().endswith("_s")]
     fig = Figure(figsize=(11, 4))

@@ -362,6 +362,7 @@ def _glance_markdown(results_dir: Path, status: str, seconds: float | None) -> s
     if not res and not found:
         return ""
     data = res.get("data") or "unknown data"
+    data = ", ".join(map(str, data)) if isinstance(data, (list, tuple)) else str(data)  # the summary holds several
     dep = res.get("departures") or []
     lines = [f"**At a glance.** Profile `{res.get('profile', '')}`, data: **{data}**"
              + (" (not DHARANI)" if data == "synthetic atlas" else "")

@@ -10,9 +10,10 @@ which a departure has no reason.
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, Iterable
 
-__all__ = ["PAPER_PROFILE", "PROTOCOL_KEYS", "departures", "check_departures", "departure_note"]
+__all__ = ["PAPER_PROFILE", "PROTOCOL_KEYS", "departures", "check_departures", "departure_note", "departure_summary"]
 
 PAPER_PROFILE = "paper"
 
@@ -84,3 +85,30 @@ def check_departures(study: Any) -> None:
 def departure_note(rows: list[dict[str, str]]) -> str:
     """One line for a table cell: "epochs 10 (paper 50); model tiny (paper hf:...)"."""
     return "; ".join(f"{d['key']} {d['ours']} (paper {d['paper']})" for d in rows)
+
+
+def departure_summary(notes: Iterable[str]) -> list[str]:
+    """The departures of many rows (cells written by :func:`departure_note`), one line per key with every value
+    ours took: ["epochs 6, 10, 30 (paper 50)", "model tiny (paper hf:...)"], in protocol order."""
+    ours: dict[str, list[str]] = {}
+    paper: dict[str, list[str]] = {}
+    for note in notes:
+        for part in str(note or "").split("; "):
+            m = re.match(r"^(\S+) (.*) \(paper (.*)\)$", part.strip())
+            if not m:
+                continue
+            key, o, p = m.groups()
+            for store, value in ((ours, o), (paper, p)):
+                if value not in store.setdefault(key, []):
+                    store[key].append(value)
+
+    def order(v: str) -> tuple:
+        try:
+            return (0, float(v), v)
+        except ValueError:
+            return (1, 0.0, v)
+
+    known = list(PROTOCOL_KEYS)
+    keys = sorted(ours, key=lambda k: known.index(k) if k in known else len(known))
+    return [f"{k} {', '.join(sorted(ours[k], key=order))} (paper {', '.join(sorted(paper[k], key=order))})"
+            for k in keys]

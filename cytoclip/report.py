@@ -9,8 +9,10 @@ in separate columns and are never mixed.
 
 from __future__ import annotations
 
+import html
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -289,11 +291,14 @@ def beside_paper(ours: pd.DataFrame, paper: pd.DataFrame | None = None, all_pape
     return merged[[c for c in cols if c in merged.columns]].reset_index(drop=True)
 
 
-def paper_layout(table: pd.DataFrame, which: str) -> pd.DataFrame:
+def paper_layout(table: pd.DataFrame, which: str, fold_shared: bool = True) -> pd.DataFrame:
     """One paper table laid out as the paper lays it out: one row per model (and task for Table IV), one column
     per metric with ours "0.842 [0.80, 0.88]" (± std over seeds when several) beside the paper's value.
 
-    ``table`` is a :func:`beside_paper` table (rows of any tables; only ``which`` is kept).
+    ``table`` is a :func:`beside_paper` table (rows of any tables; only ``which`` is kept). With ``fold_shared``,
+    a row-key column that holds one value on every row (the validation data of Table IV, say) is dropped from
+    the columns and kept in ``frame.attrs["shared"]`` ({column: value}) for the caption: the table then fits a
+    page's width.
     """
     sub = table[table["table"] == which].copy()
     if sub.empty:
@@ -323,7 +328,37 @@ def paper_layout(table: pd.DataFrame, which: str) -> pd.DataFrame:
     for c in out.columns:
         if c.endswith("paper"):
             out[c] = out[c].map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
-    return out.reset_index().fillna("")
+    out = out.reset_index().fillna("")
+    shared = {}
+    if fold_shared and len(out) > 1:
+        for c in rows:
+            if out[c].astype(str).nunique() == 1:
+                shared[c] = str(out[c].iloc[0])
+        out = out.drop(columns=list(shared))
+    out.attrs["shared"] = shared
+    return out
+
+
+def table_html(frame: pd.DataFrame) -> str:
+    """A :func:`paper_layout` frame as the book shows it: each interval (and mean ± std) on its own smaller line
+    under our value so the columns stay narrow, and the folded shared columns as the caption."""
+    interval = re.compile(r"^(-?[0-9.]+) (\[.*)$")
+
+    def cell(v: Any) -> str:
+        text = html.escape(str(v))
+        m = interval.match(text)
+        return f"{m.group(1)}<br><small>{m.group(2)}</small>" if m else text
+
+    shared = frame.attrs.get("shared") or {}
+    caption = "; ".join(f"{k.replace('_', ' ')}: {html.escape(v)}" for k, v in shared.items())
+    body = frame.copy()
+    for c in body.columns:
+        body[c] = body[c].map(cell)
+    body.columns = [html.escape(str(c).replace("_", " ")) for c in body.columns]
+    table = body.to_html(index=False, escape=False, na_rep="")
+    if caption:
+        table = table.replace(">\n  <thead>", f">\n  <caption>All rows: {caption}</caption>\n  <thead>", 1)
+    return table
 
 
 #: the metric that says the most about a row, per paper table (the one a page's opening lines quote)
@@ -420,5 +455,5 @@ def summary_statements(table: pd.DataFrame) -> list[str]:
 
 
 __all__ = ["KEY_COLUMNS", "HEADLINE_COLUMNS", "HeadlineError", "paper_tables", "paper_key", "headline_row",
-           "classification_rows", "retrieval_rows", "headline_frame", "summary_frame", "records_frame", "paper_layout", "write_results", "to_jsonable", "read_headline",
+           "classification_rows", "retrieval_rows", "headline_frame", "summary_frame", "records_frame", "paper_layout", "table_html", "write_results", "to_jsonable", "read_headline",
            "collect_headlines", "beside_paper", "at_a_glance", "KEY_METRIC", "verdict", "add_verdicts", "summary_statements"]

@@ -32,7 +32,7 @@ output_dir = "book/results/summary"
 import pandas as pd
 from IPython.display import HTML, Markdown, display
 
-from cytoclip import plots, report
+from cytoclip import plots, protocol, report
 from cytoclip.io import read_json
 from cytoclip.page import Page
 
@@ -46,10 +46,10 @@ for t in report.TABLES:
     sub = table[table["table"] == t]
     if len(sub):
         display(Markdown(f"**Table {t}: ours ({', '.join(data_labels)}) beside the paper (DHARANI)**"))
-        display(HTML(report.paper_layout(sub, t).to_html(index=False, na_rep="")))
-        notes = sorted(set(sub["departures"].dropna().astype(str)) - {""})
+        display(HTML(report.table_html(report.paper_layout(sub, t))))
+        notes = protocol.departure_summary(sub["departures"].dropna())
         if notes:
-            display(Markdown("Departs from the paper: " + " | ".join(notes) + "."))
+            display(Markdown("Departs from the paper:\n" + "\n".join(f"- {n}" for n in notes)))
 
 # %% [markdown]
 # ## What agrees and what does not

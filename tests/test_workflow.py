@@ -101,6 +101,20 @@ def test_paper_layout_one_row_per_model():
                                                              "F1 paper"]
     assert ours.loc[ours["image_size"] == "336", "F1 ours"].item() == "0.300 [0.290, 0.310]"
     assert ours.loc[ours["image_size"] == "336", "F1 paper"].item() == "0.839"
+    # a key column with one value on every row leaves the columns for the caption (the table fits the page)
+    shared = layout.attrs["shared"]
+    assert shared and not set(shared) & set(layout.columns)
+    assert "image_size" not in shared and "model" not in shared
+    html = report.table_html(layout)
+    assert "<caption>All rows: " in html and "0.300<br><small>[0.290, 0.310]</small>" in html
+    assert "F1 ours" in report.paper_layout(table, "I", fold_shared=False).columns[-2]
+
+
+def test_departure_summary_groups_values_per_key():
+    from cytoclip import protocol
+
+    notes = ["epochs 10 (paper 50); model tiny (paper hf:a)", "epochs 6 (paper 50); model tiny (paper hf:b)", None]
+    assert protocol.departure_summary(notes) == ["model tiny (paper hf:a, hf:b)", "epochs 6, 10 (paper 50)"]
 
 
 # ------------------------------------------------------------------------------------------------ workflow

@@ -39,11 +39,14 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
 
+# every core (pytest-xdist): the suite is mostly single-threaded, so 2 cores take it about twice as fast
+PYTEST = $(BIN)/python -m pytest -q -n auto --dist worksteal
+
 test: venv
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 test-fast: venv
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 test-latest: lock-upgrade
 	$(MAKE) test

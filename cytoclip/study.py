@@ -201,6 +201,15 @@ def _experiment_fingerprint(study: Study, exp_id: str, params: dict, upstream: d
     return fingerprint(params, nb, upstream, code)
 
 
+def _ipc_kernel_manager() -> type:
+    """nbclient's kernel manager on IPC sockets: the kernel talks to the runner through local files, not TCP
+    ports, so ipykernel has no reason to print its "running over TCP without encryption" warning into the
+    terminal at every experiment."""
+    from jupyter_client import AsyncKernelManager
+
+    return type("IPCKernelManager", (AsyncKernelManager,), {"transport": "ipc"})
+
+
 def run_study(profile: str = "demo", only: list[str] | None = None, config: str | os.PathLike | None = None,
               force: bool = False, kernel_name: str | None = None, log=print,
               monitor: bool = True, standins: str | os.PathLike | bool | None = None,
@@ -273,7 +282,7 @@ def run_study(profile: str = "demo", only: list[str] | None = None, config: str 
                               enabled=monitor):
                 pm.execute_notebook(str(src), str(running), parameters=nb_params, cwd=str(study.root),
                                     kernel_name=kernel_name, progress_bar=False, log_output=False,
-                                    report_mode=False)
+                                    report_mode=False, kernel_manager_class=_ipc_kernel_manager())
         except pm.PapermillExecutionError as exc:
             status, message = "failed", f"{exc.ename}: {exc.evalue}"
         except Exception as exc:  # kernel died, bad parameters, ...: shown, the study goes on
@@ -306,7 +315,8 @@ def _dress_for_book(path: Path, title: str, study: Study | None = None, exp_id: 
     - Title it after its experiment (one notebook runs several experiments).
     - Open it with what was run on which data and what it found (from the page's own ``results.json`` and
       ``headline.csv``: :func:`cytoclip.report.at_a_glance`).
-    - Fold the parameter cells away (Jupyter Book's ``hide-cell``; readers can still open them).
+    - Fold the parameter cells away (Jupyter Book's ``hide-cell``; readers can still open them) and move them
+      under that opening, so a page starts with its title, not with two folded cells.
     - Keep the machine out of the published outputs: stderr (warnings, library chatter) moves to
       ``results/<id>/stderr.txt``, and the study root's absolute path becomes relative.
     """
@@ -348,6 +358,13 @@ def _dress_for_book(path: Path, title: str, study: Study | None = None, exp_id: 
             cell = nbformat.v4.new_markdown_cell(glance)
             cell.metadata["tags"] = ["at-a-glance"]
             nb.cells.insert(at, cell)
+    if heading is not None:
+        # display only: the executed outputs are kept, so moving the (output-less) parameter cells changes nothing
+        params = [c for c in nb.cells if {"parameters", "injected-parameters"} & set(c.metadata.get("tags", []))]
+        rest = [c for c in nb.cells if not any(c is q for q in params)]
+        at = rest.index(heading) + 1
+        at += at < len(rest) and "at-a-glance" in rest[at].metadata.get("tags", [])
+        nb.cells = rest[:at] + params + rest[at:]
     nbformat.write(nb, path)
 
 

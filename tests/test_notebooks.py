@@ -92,7 +92,7 @@ def test_no_pyplot_in_notebooks():
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_whole_study_smoke_and_book(tmp_path: Path):
+def test_whole_study_smoke_and_book(tmp_path: Path, capfd):
     """Run every experiment on the smoke profile through the runner, then build the book without warnings about
     missing files or references."""
     from cytoclip import study as st
@@ -108,6 +108,8 @@ def test_whole_study_smoke_and_book(tmp_path: Path):
     outcomes = st.run_study("smoke", config=tmp_path / "_config.yml", log=lambda *a: None)
     bad = {o.id: o.message for o in outcomes if o.status != "ok"}
     assert not bad, f"experiments not ok: {bad}"
+    # the kernels' own chatter stays out of the terminal (IPC sockets: no "TCP without encryption" warning)
+    assert "without encryption" not in capfd.readouterr().err
     for exp in config["experiments"]:
         res = tmp_path / "book" / "results" / exp
         assert (res / "results.json").is_file() and (res / "headline.csv").is_file(), exp

@@ -157,10 +157,12 @@ def test_a_page_opens_with_what_ran_and_what_it_found_and_publishes_no_machine_d
     report.write_results(results, {"profile": "demo", "data": "synthetic atlas",
                                    "departures": [{"key": "epochs", "paper": 50, "ours": 10, "reason": "CPU"}]}, rows)
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_markdown_cell("# Old title\nwhat the page does"),
+    nb.cells = [nbformat.v4.new_code_cell("seed = 0", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("seed = 1", metadata={"tags": ["injected-parameters"]}),
+                nbformat.v4.new_markdown_cell("# Old title\nwhat the page does"),
                 nbformat.v4.new_code_cell("x")]
     root = str(study.root)
-    nb.cells[1].outputs = [
+    nb.cells[3].outputs = [
         nbformat.v4.new_output("stream", name="stderr", text=f"{root}/cytoclip/x.py:3: UserWarning: noise\n"),
         nbformat.v4.new_output("stream", name="stdout", text=f"wrote {root}/book/results/a.json\n"),
         nbformat.v4.new_output("display_data", data={"text/markdown": f"run `{root}/runs/demo/x`"})]
@@ -173,6 +175,9 @@ def test_a_page_opens_with_what_ran_and_what_it_found_and_publishes_no_machine_d
     assert glance.cell_type == "markdown" and glance.source.startswith("**At a glance.**")
     assert "synthetic atlas" in glance.source and "1 departure(s)" in glance.source and "1:15" in glance.source
     assert "weighted F1 **0.310** [0.260, 0.360]" in glance.source and "paper, DHARANI:" in glance.source
-    text = json.dumps(out.cells[2].outputs)
+    # the page opens with its title and what it found; the folded parameter cells follow, in their order
+    assert [c.source for c in out.cells[2:4]] == ["seed = 0", "seed = 1"]
+    assert all("hide-cell" in c.metadata["tags"] for c in out.cells[2:4])
+    text = json.dumps(out.cells[4].outputs)
     assert root not in text and "UserWarning" not in text and "wrote book/results/a.json" in text
     assert "UserWarning: noise" in (results / "stderr.txt").read_text()

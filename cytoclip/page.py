@@ -87,11 +87,13 @@ class Page:
                           max_tiles_per_section=p.get("max_tiles_per_section"))
         self.use_data(data["atlas"])
         if show:
-            from IPython.display import Markdown, display
+            from IPython.display import HTML, Markdown, display
+
+            from cytoclip.report import table_html
 
             display(Markdown(self.markdown_intro()))
             if self.departures:
-                display(self.departures_table())
+                display(HTML(table_html(self.departures_table())))
         return data
 
     def train(self, dataset: str | os.PathLike, name: str, image_type: str, seed: int | None = None,

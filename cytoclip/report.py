@@ -307,7 +307,8 @@ def paper_layout(table: pd.DataFrame, which: str, fold_shared: bool = True) -> p
     def cell(row: pd.Series) -> str:
         if pd.isna(row["ours"]):
             return ""
-        text = f"{row['ours']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+        # the interval to two decimals: its width is what a reader compares, and the column stays narrow
+        text = f"{row['ours']:.3f} [{row['ci_low']:.2f}, {row['ci_high']:.2f}]"
         if int(row.get("n_seeds", 1) or 1) > 1 and pd.notna(row.get("seed_std")):
             text += f" ({row['seed_mean']:.3f} ± {row['seed_std']:.3f}, {int(row['n_seeds'])} seeds)"
         return text
@@ -340,7 +341,7 @@ def paper_layout(table: pd.DataFrame, which: str, fold_shared: bool = True) -> p
 
 
 def table_html(frame: pd.DataFrame) -> str:
-    """A :func:`paper_layout` frame as the book shows it: each interval (and mean ± std) on its own smaller line
+    """A table as the book shows it (a :func:`paper_layout` frame, or any other): each interval (and mean ± std) on its own smaller line
     under our value so the columns stay narrow, and the folded shared columns as the caption."""
     interval = re.compile(r"^(-?[0-9.]+) (\[.*)$")
 
@@ -355,7 +356,8 @@ def table_html(frame: pd.DataFrame) -> str:
     for c in body.columns:
         body[c] = body[c].map(cell)
     body.columns = [html.escape(str(c).replace("_", " ")) for c in body.columns]
-    table = body.to_html(index=False, escape=False, na_rep="")
+    with pd.option_context("display.max_colwidth", None):  # a reason or a caption is shown whole
+        table = body.to_html(index=False, escape=False, na_rep="")
     if caption:
         table = table.replace(">\n  <thead>", f">\n  <caption>All rows: {caption}</caption>\n  <thead>", 1)
     return table

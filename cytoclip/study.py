@@ -353,6 +353,8 @@ def _dress_for_book(path: Path, title: str, study: Study | None = None, exp_id: 
         if stderr:
             (results / "stderr.txt").write_text("\n".join(stderr))
         glance = _glance_markdown(results, status, seconds)
+        # idempotent: a page dressed again keeps one opening
+        nb.cells = [c for c in nb.cells if "at-a-glance" not in c.metadata.get("tags", [])]
         if glance and heading is not None:
             at = nb.cells.index(heading) + 1
             cell = nbformat.v4.new_markdown_cell(glance)

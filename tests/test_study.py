@@ -175,6 +175,9 @@ def test_a_page_opens_with_what_ran_and_what_it_found_and_publishes_no_machine_d
     assert glance.cell_type == "markdown" and glance.source.startswith("**At a glance.**")
     assert "synthetic atlas" in glance.source and "1 departure(s)" in glance.source and "1:15" in glance.source
     assert "weighted F1 **0.310** [0.260, 0.360]" in glance.source and "paper, DHARANI:" in glance.source
+    st._dress_for_book(path, "New title", study, exp_id, "ok", 75.0)  # dressing again changes nothing
+    again = nbformat.read(path, as_version=4).cells
+    assert [(c.cell_type, c.source, c.metadata) for c in again] == [(c.cell_type, c.source, c.metadata) for c in out.cells]
     # the page opens with its title and what it found; the folded parameter cells follow, in their order
     assert [c.source for c in out.cells[2:4]] == ["seed = 0", "seed = 1"]
     assert all("hide-cell" in c.metadata["tags"] for c in out.cells[2:4])

@@ -23,8 +23,8 @@ import pandas as pd
 __all__ = ["Page", "TRAIN_PARAMS"]
 
 #: the notebook parameters that are :class:`cytoclip.train.TrainConfig` fields of the same name
-TRAIN_PARAMS = ("model", "image_size", "targets", "augment", "epochs", "batch_size", "lr", "weight_decay",
-                "warmup_steps", "num_workers", "prompt")
+TRAIN_PARAMS = ("model", "image_size", "targets", "augment", "epochs", "max_steps", "batch_size", "lr",
+                "weight_decay", "warmup_steps", "num_workers", "prompt")
 
 
 @dataclass

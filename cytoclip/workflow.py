@@ -239,9 +239,6 @@ def ensure_run(log=print, **params: Any) -> Path:
     same work in a sibling directory (another experiment's name) is returned instead of training it again."""
     from cytoclip.train import FINISHED, TrainConfig, is_finished, train
 
-    if params.get("max_steps") is None and os.environ.get("CYTOCLIP_MAX_STEPS"):
-        # `cytoclip study run --stand-ins` caps every run of the notebooks at a step or two
-        params["max_steps"] = int(os.environ["CYTOCLIP_MAX_STEPS"])
     config = TrainConfig(**{k: str(v) if isinstance(v, Path) else v for k, v in params.items() if v is not None})
     # the one resume rule (cytoclip.io.is_reusable through train.is_finished): the same work fingerprint,
     # run-only settings (workers, device, logging and checkpoint cadence) never counting

@@ -30,6 +30,7 @@ image_type = "square224"
 targets = "pairs"
 augment = True
 epochs = 30
+max_steps = None
 batch_size = 32
 lr = 5.0e-4
 weight_decay = 0.2

@@ -30,6 +30,7 @@ planes = ["sagittal"]
 targets = "pairs"
 augment = True
 epochs = 10
+max_steps = None
 batch_size = 64
 lr = 5.0e-4
 weight_decay = 0.2

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cytoclip.models import create_model
-from cytoclip.models.standins import MAX_STEPS_ENV, REAL_SPECS, conch_available, use_standins, write_standins
+from cytoclip.models.standins import REAL_SPECS, conch_available, use_standins, write_standins
 
 torch.set_num_threads(1)
 
@@ -56,19 +56,15 @@ def test_standins_are_written_once(small):
 def test_paper_profile_points_at_the_standins(tmp_path, monkeypatch):
     from cytoclip.study import load_study, resolve_params
 
-    monkeypatch.delenv(MAX_STEPS_ENV, raising=False)
     study = load_study("_config.yml")
     study.root = tmp_path  # write the stand-ins under a temporary study root
     specs = use_standins(study, "paper", tmp_path / "standins", size="small", log=lambda *a: None)
-    import os
-
-    assert os.environ[MAX_STEPS_ENV] == "2"
-    monkeypatch.delenv(MAX_STEPS_ENV)
     assert study.paths["book"] == "standins/book"
     seen = set()
     for exp in study.experiments:
         p = resolve_params(study, exp, "paper")
         assert p["source"] == "synthetic" and p["atlas_profile"] == "smoke" and p["epochs"] == 1
+        assert p["max_steps"] == 2  # a parameter of the pages, passed to every run (no side channel)
         assert p["runs_dir"] == str(tmp_path / "standins" / "runs")
         assert str(p["model"]) not in REAL_SPECS, (exp, p["model"])
         seen.add(str(p["model"]))
@@ -82,8 +78,8 @@ def test_paper_profile_points_at_the_standins(tmp_path, monkeypatch):
 
 
 def test_standins_train_a_step_and_evaluate(small, tmp_path, monkeypatch):
-    """The code path of the paper profile: each text model trains (the step cap read from the environment, as
-    the notebooks' runs read it) and every model, image-only ones included, is evaluated."""
+    """The code path of the paper profile: each text model trains (capped by ``max_steps``, as the pages' runs
+    are under --stand-ins) and every model, image-only ones included, is evaluated."""
     from test_train import make_dataset
 
     from cytoclip.evaluate import evaluate
@@ -91,11 +87,11 @@ def test_standins_train_a_step_and_evaluate(small, tmp_path, monkeypatch):
 
     root, specs = small
     dataset = make_dataset(tmp_path / "ds", n_train=4, n_val=2, n_classes=3)
-    monkeypatch.setenv(MAX_STEPS_ENV, "1")
     for name in ("clip336", "biomedclip"):
         size = REAL_SHAPES[name][0]
         run = ensure_run(log=lambda *a: None, dataset=str(dataset), run_dir=str(tmp_path / name), model=specs[name],
-                         image_size=size, epochs=3, batch_size=4, warmup_steps=0, num_workers=0, device="cpu")
+                         image_size=size, epochs=3, max_steps=1, batch_size=4, warmup_steps=0, num_workers=0,
+                         device="cpu")
         import json
 
         config = json.loads((run / "config.json").read_text())

@@ -99,7 +99,6 @@ ARCHITECTURES: dict[str, dict[str, dict[str, Any]]] = {
 #: run (the batch is small so that full-size ViT-L steps fit a CPU; on a GPU the paper's 64 fits)
 STANDIN_PARAMS = {"source": "synthetic", "atlas": None, "atlas_profile": "smoke", "epochs": 1, "batch_size": 8,
                   "num_workers": 0, "max_tiles_per_section": 60, "n_boot": 20, "embedding_method": "pca"}
-MAX_STEPS_ENV = "CYTOCLIP_MAX_STEPS"
 MARKER = "standin.json"
 
 
@@ -267,7 +266,7 @@ def use_standins(study: Any, profile: str = "paper", folder: str | os.PathLike |
     ``<study root>/data/standins``): every real model spec of the profile and of ``base_models`` is replaced by
     its stand-in, the data by the smoke synthetic atlas (:data:`STANDIN_PARAMS`), the runs and the book go under
     ``folder`` (the real ``runs/`` and ``book/`` are left alone), and each training run stops after
-    ``max_steps`` (env :data:`MAX_STEPS_ENV`, read by :func:`cytoclip.workflow.ensure_run`). Changes the study in
+    ``max_steps`` (the profile's ``max_steps`` parameter, which every training page passes to its runs). Changes the study in
     memory only; returns the stand-in specs."""
     folder = Path(folder) if folder else study.root / "data" / "standins"
     folder = (study.root / folder).resolve() if not folder.is_absolute() else folder.resolve()
@@ -295,5 +294,5 @@ def use_standins(study: Any, profile: str = "paper", folder: str | os.PathLike |
             block["model"] = swap(block["model"])
     study.data.update(source="synthetic", atlas=None)
     study.paths["book"] = str(book)
-    os.environ[MAX_STEPS_ENV] = str(int(max_steps))
+    params["max_steps"] = int(max_steps)
     return specs

@@ -162,3 +162,27 @@ def test_stream_order_split_workers_ranks_and_resume(tile_layouts):
     assert len(got[0]) == len(got[1]) == 2 * bs and not got[0] & got[1]
     with pytest.raises(ValueError, match="shard"):
         s.stream(seed=0, batch_size=bs, batches_per_epoch=1, world_size=len(s.shards()) + 1)
+
+
+def test_fused_tensor_normalisation_equals_totensor_then_normalize():
+    """The loader's fused ToTensor + Normalize gives torchvision's values bit for bit (RGB, L and other modes),
+    and the augmenting transform still finds its ToTensor step (the flips/jitter go just before it)."""
+    from torchvision import transforms as T
+
+    from cytoclip.data import ToNormalizedTensor
+    from cytoclip.models.base import augmenting_transform
+
+    rng = np.random.default_rng(3)
+    mean, std = (0.481, 0.458, 0.408), (0.269, 0.261, 0.276)
+    for shape, m, s in (((37, 53, 3), mean, std), ((21, 18), (0.5,), (0.3,)), ((9, 11, 4), mean + (0.1,), std + (0.2,))):
+        img = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8))
+        ref = T.Normalize(m, s)(T.ToTensor()(img))
+        got = ToNormalizedTensor(m, s)(img)
+        assert got.dtype == torch.float32 and got.is_contiguous() and torch.equal(got, ref)
+    img = Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8))
+    old = T.Compose([T.Resize((32, 32), interpolation=T.InterpolationMode.BICUBIC), T.ToTensor(), T.Normalize(mean, std)])
+    assert torch.equal(model_transform(32, mean, std)(pad_to_square(img)), old(pad_to_square(img)))
+    steps = augmenting_transform(model_transform(32, mean, std)).transforms
+    assert isinstance(steps[-1], ToNormalizedTensor) and isinstance(steps[-2], T.ColorJitter)
+    with pytest.raises(ValueError, match="non-zero stds"):
+        ToNormalizedTensor((0.5,), (0.0,))

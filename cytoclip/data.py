@@ -176,16 +176,20 @@ def read_member(tar_path: str, member: str) -> bytes:
 
 
 def open_rgb(source: Any, name: str) -> Image.Image:
-    """Decode an image (a path or a binary file object) to RGB with PIL; the error names ``name``. The one
-    decoder of both layouts, so files and shards give the same pixels."""
-    im = None
+    """Decode an image (a path, or a binary file object) to RGB with PIL; the error names ``name``. The one
+    decoder of both layouts, so files and shards give the same pixels.
+
+    A path is read whole first and decoded from memory, as a shard member is: no file stays open with the
+    returned image (PIL keeps multi-frame files open after ``load``). An RGB image is returned as decoded,
+    without ``convert``'s copy."""
     try:
+        if isinstance(source, (str, os.PathLike)):
+            with open(source, "rb") as f:
+                source = io.BytesIO(f.read())
         im = Image.open(source)
-        im.load()  # decodes, and closes a file it opened itself; no RGB -> RGB copy below for the usual JPEG
+        im.load()
         return im if im.mode == "RGB" else im.convert("RGB")
     except (OSError, ValueError) as exc:
-        if im is not None:
-            im.close()
         raise OSError(f"{name}: cannot read image ({exc})") from None
 
 

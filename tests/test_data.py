@@ -186,3 +186,35 @@ def test_fused_tensor_normalisation_equals_totensor_then_normalize():
     assert isinstance(steps[-1], ToNormalizedTensor) and isinstance(steps[-2], T.ColorJitter)
     with pytest.raises(ValueError, match="non-zero stds"):
         ToNormalizedTensor((0.5,), (0.0,))
+
+
+def test_open_rgb_decodes_paths_and_bytes_alike_and_keeps_no_file_open(tmp_path):
+    import io
+    import os
+    from pathlib import Path
+
+    from cytoclip.data import open_rgb
+
+    rng = np.random.default_rng(5)
+    arr = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(tmp_path / "a.jpg", quality=90)
+    Image.fromarray(arr[..., 0]).save(tmp_path / "g.png")
+    frames = [Image.fromarray(arr), Image.fromarray(255 - arr)]
+    frames[0].save(tmp_path / "m.tif", save_all=True, append_images=frames[1:])  # PIL keeps these files open
+    for name in ("a.jpg", "g.png", "m.tif"):
+        path = tmp_path / name
+        with Image.open(path) as ref:
+            expected = np.asarray(ref.convert("RGB"))
+        from_path, from_bytes = open_rgb(path, name), open_rgb(io.BytesIO(path.read_bytes()), name)
+        assert from_path.mode == "RGB" and np.array_equal(np.asarray(from_path), expected)
+        assert np.array_equal(np.asarray(from_bytes), expected)
+    fds = Path("/proc/self/fd")
+    if fds.is_dir():
+        held = [open_rgb(tmp_path / "m.tif", "m.tif") for _ in range(3)]
+        assert not any(os.path.realpath(fds / fd) == str((tmp_path / "m.tif").resolve()) for fd in os.listdir(fds))
+        del held
+    (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(OSError, match="bad.jpg: cannot read image"):
+        open_rgb(tmp_path / "bad.jpg", "bad.jpg")
+    with pytest.raises(OSError, match="gone.jpg: cannot read image"):
+        open_rgb(tmp_path / "gone.jpg", "gone.jpg")

@@ -162,3 +162,59 @@ def test_stream_order_split_workers_ranks_and_resume(tile_layouts):
     assert len(got[0]) == len(got[1]) == 2 * bs and not got[0] & got[1]
     with pytest.raises(ValueError, match="shard"):
         s.stream(seed=0, batch_size=bs, batches_per_epoch=1, world_size=len(s.shards()) + 1)
+
+
+def test_fused_tensor_normalisation_equals_totensor_then_normalize():
+    """The loader's fused ToTensor + Normalize gives torchvision's values bit for bit (RGB, L and other modes),
+    and the augmenting transform still finds its ToTensor step (the flips/jitter go just before it)."""
+    from torchvision import transforms as T
+
+    from cytoclip.data import ToNormalizedTensor
+    from cytoclip.models.base import augmenting_transform
+
+    rng = np.random.default_rng(3)
+    mean, std = (0.481, 0.458, 0.408), (0.269, 0.261, 0.276)
+    for shape, m, s in (((37, 53, 3), mean, std), ((21, 18), (0.5,), (0.3,)), ((9, 11, 4), mean + (0.1,), std + (0.2,))):
+        img = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8))
+        ref = T.Normalize(m, s)(T.ToTensor()(img))
+        got = ToNormalizedTensor(m, s)(img)
+        assert got.dtype == torch.float32 and got.is_contiguous() and torch.equal(got, ref)
+    img = Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8))
+    old = T.Compose([T.Resize((32, 32), interpolation=T.InterpolationMode.BICUBIC), T.ToTensor(), T.Normalize(mean, std)])
+    assert torch.equal(model_transform(32, mean, std)(pad_to_square(img)), old(pad_to_square(img)))
+    steps = augmenting_transform(model_transform(32, mean, std)).transforms
+    assert isinstance(steps[-1], ToNormalizedTensor) and isinstance(steps[-2], T.ColorJitter)
+    with pytest.raises(ValueError, match="non-zero stds"):
+        ToNormalizedTensor((0.5,), (0.0,))
+
+
+def test_open_rgb_decodes_paths_and_bytes_alike_and_keeps_no_file_open(tmp_path):
+    import io
+    import os
+    from pathlib import Path
+
+    from cytoclip.data import open_rgb
+
+    rng = np.random.default_rng(5)
+    arr = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(tmp_path / "a.jpg", quality=90)
+    Image.fromarray(arr[..., 0]).save(tmp_path / "g.png")
+    frames = [Image.fromarray(arr), Image.fromarray(255 - arr)]
+    frames[0].save(tmp_path / "m.tif", save_all=True, append_images=frames[1:])  # PIL keeps these files open
+    for name in ("a.jpg", "g.png", "m.tif"):
+        path = tmp_path / name
+        with Image.open(path) as ref:
+            expected = np.asarray(ref.convert("RGB"))
+        from_path, from_bytes = open_rgb(path, name), open_rgb(io.BytesIO(path.read_bytes()), name)
+        assert from_path.mode == "RGB" and np.array_equal(np.asarray(from_path), expected)
+        assert np.array_equal(np.asarray(from_bytes), expected)
+    fds = Path("/proc/self/fd")
+    if fds.is_dir():
+        held = [open_rgb(tmp_path / "m.tif", "m.tif") for _ in range(3)]
+        assert not any(os.path.realpath(fds / fd) == str((tmp_path / "m.tif").resolve()) for fd in os.listdir(fds))
+        del held
+    (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(OSError, match="bad.jpg: cannot read image"):
+        open_rgb(tmp_path / "bad.jpg", "bad.jpg")
+    with pytest.raises(OSError, match="gone.jpg: cannot read image"):
+        open_rgb(tmp_path / "gone.jpg", "gone.jpg")

@@ -21,6 +21,7 @@ and a share of 41 % or 39 % is decided exactly.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from pathlib import Path
@@ -35,6 +36,7 @@ from cytoclip.io import atomic_dir
 from cytoclip.ontology import load_merge_spec, merge_map
 from cytoclip.prepare import engine
 from cytoclip.prepare.engine import Kind, label_table
+from cytoclip.prepare.shards import ShardWriter, plan_shards
 
 __all__ = [
     "MANIFEST_COLUMNS",
@@ -309,26 +311,40 @@ def _subsample(n: int, max_n: int | None, seed: int, specimen: Any, section: Any
     return np.sort(rng.choice(n, size=int(max_n), replace=False))
 
 
-def _read_tiles_in_blocks(section, boxes: np.ndarray, tile: int, mpp: float, block: int):
-    """Yield ``(index, tile image)`` for ``boxes``, reading ``block`` x ``block``-tile windows at a time.
-
-    Reading a window of neighbouring tiles (a band of tile rows, cut into column chunks to bound memory)
-    decodes each TIFF tile once instead of once per 224 px tile.
-    """
+def _read_windows(section, boxes: np.ndarray, tile: int, mpp: float, block: int):
+    """Yield ``(indices of boxes, (x0, y0) of the window, window)`` per ``block`` x ``block``-tile window
+    holding any of ``boxes``, windows in row-major order (one band of ``block`` tile rows after another)."""
     rows, cols = boxes[:, 1] // tile, boxes[:, 0] // tile
-    groups: dict[tuple[int, int], list[int]] = {}
-    for k, (r, c) in enumerate(zip(rows.tolist(), cols.tolist())):
-        groups.setdefault((r // block, c // block), []).append(k)
-    for (_, _), members in sorted(groups.items()):
+    group = (rows // block) * (int(cols.max()) // block + 1 if len(cols) else 1) + cols // block
+    order = np.argsort(group, kind="stable")  # boxes arrive row-major: members stay in index order
+    starts = np.flatnonzero(np.r_[True, group[order][1:] != group[order][:-1]]) if len(order) else []
+    for s0, e0 in zip(list(starts), [*list(starts)[1:], len(order)]):
+        members = order[s0:e0].tolist()
         sel = boxes[members]
         bx0, by0 = int(sel[:, 0].min()), int(sel[:, 1].min())
         bx1, by1 = int(sel[:, 2].max()), int(sel[:, 3].max())
         window = section.read_region(bx0, by0, bx1 - bx0, by1 - by0, mpp=mpp)
         if window.shape[:2] != (by1 - by0, bx1 - bx0):
             raise ValueError(f"read_region returned shape {window.shape}, expected ({by1 - by0}, {bx1 - bx0}, 3)")
+        yield members, (bx0, by0), window
+
+
+def _encoded_tiles(section, boxes: np.ndarray, tile: int, mpp: float, block: int, ext: str):
+    """Yield ``(index, encoded bytes)`` for ``boxes``: each tile as its ``ext`` file would hold it (PIL,
+    JPEG quality 90 or PNG), encoded in memory.
+
+    A window becomes one PIL image and its tiles are cropped from it (a C copy), instead of one
+    array copy plus one PIL conversion per tile; the pixels, hence the bytes, are the same.
+    """
+    fmt = _IMAGE_FORMATS[ext]
+    save_kw = {"quality": 90} if fmt == "JPEG" else {}
+    for members, (bx0, by0), window in _read_windows(section, boxes, tile, mpp, block):
+        image = Image.fromarray(np.ascontiguousarray(window[..., :3]))
         for k in members:
             x0, y0, x1, y1 = (int(v) for v in boxes[k])
-            yield k, window[y0 - by0:y1 - by0, x0 - bx0:x1 - bx0]
+            buf = io.BytesIO()
+            image.crop((x0 - bx0, y0 - by0, x1 - bx0, y1 - by0)).save(buf, format=fmt, **save_kw)
+            yield k, buf.getvalue()
 
 
 def _tile_dir(specimen: int, section: int) -> Path:
@@ -358,16 +374,9 @@ def _process_section(section, key: str, params: dict, context: dict, output_dir:
     kept_boxes = boxes[tissue_idx[keep]]
     kept_labels, kept_overlap, kept_frac = labels[keep], overlap[keep], frac[tissue_idx[keep]]
 
-    # the section's tiles go to a temporary folder renamed into place at the end: they appear all at once
     rel_dir = _tile_dir(sp, sec)
     ext = p["image_format"]
-    fmt = _IMAGE_FORMATS[ext]
-    save_kw = {"quality": 90} if fmt == "JPEG" else {}
     names = [f"{int(b[1]) // tile}_{int(b[0]) // tile}.{ext}" for b in kept_boxes]
-    with atomic_dir(output_dir / rel_dir) as tmp_dir:
-        for k, img in _read_tiles_in_blocks(section, kept_boxes, tile, mpp, p["block"]):
-            Image.fromarray(np.ascontiguousarray(img[..., :3])).save(tmp_dir / names[k], format=fmt, **save_kw)
-
     meta = context["labels"]
     label_names = [meta[int(l)]["label"] if l >= 0 else "" for l in kept_labels]
     area = {lid: float(regions[lid].area) for lid in set(kept_labels.tolist()) if lid >= 0}
@@ -399,6 +408,18 @@ def _process_section(section, key: str, params: dict, context: dict, output_dir:
         "tissue": kept_frac,
     }, columns=MANIFEST_COLUMNS)
 
+    tiles = _encoded_tiles(section, kept_boxes, tile, mpp, p["block"], ext)
+    if p.get("format", "files") == "shards":  # straight into the section's tars, in manifest order
+        df = plan_shards(df, key, int(p["shard_size"]))
+        with ShardWriter(df, output_dir) as writer:
+            for k, data in tiles:
+                writer.add(k, data)
+    else:  # a temporary folder renamed into place at the end: the section's tiles appear all at once
+        with atomic_dir(output_dir / rel_dir) as tmp_dir:
+            for k, data in tiles:
+                with open(tmp_dir / names[k], "wb") as fh:
+                    fh.write(data)
+
     counts = pd.Series(label_names, dtype=object)[kept_labels >= 0].value_counts()
     stats = {
         "width": width, "height": height,
@@ -429,7 +450,8 @@ def _summary(manifest: pd.DataFrame, records: list[dict], params: dict, context:
 
 
 #: The tiles dataset as a kind of the preparation engine.
-KIND = Kind(name="tiles", columns=MANIFEST_COLUMNS, process=_process_section, debris=_debris, summary=_summary)
+KIND = Kind(name="tiles", columns=MANIFEST_COLUMNS, process=_process_section, debris=_debris, summary=_summary,
+            writes_shards=True)
 
 #: Parameters that change a section's tiles (``block`` only changes how fast they are read).
 SECTION_PARAMS = ("tile", "mpp", "min_overlap", "min_tissue", "keep_unlabelled", "seed", "max_tiles_per_section",

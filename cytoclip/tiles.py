@@ -338,10 +338,11 @@ def _encoded_tiles(section, boxes: np.ndarray, tile: int, mpp: float, block: int
     """
     fmt = _IMAGE_FORMATS[ext]
     save_kw = {"quality": 90} if fmt == "JPEG" else {}
+    corners = boxes.tolist()
     for members, (bx0, by0), window in _read_windows(section, boxes, tile, mpp, block):
         image = Image.fromarray(np.ascontiguousarray(window[..., :3]))
         for k in members:
-            x0, y0, x1, y1 = (int(v) for v in boxes[k])
+            x0, y0, x1, y1 = corners[k]
             buf = io.BytesIO()
             image.crop((x0 - bx0, y0 - by0, x1 - bx0, y1 - by0)).save(buf, format=fmt, **save_kw)
             yield k, buf.getvalue()
@@ -376,12 +377,12 @@ def _process_section(section, key: str, params: dict, context: dict, output_dir:
 
     rel_dir = _tile_dir(sp, sec)
     ext = p["image_format"]
-    names = [f"{int(b[1]) // tile}_{int(b[0]) // tile}.{ext}" for b in kept_boxes]
+    names = [f"{y // tile}_{x // tile}.{ext}" for x, y in kept_boxes[:, :2].tolist()]
     meta = context["labels"]
     label_names = [meta[int(l)]["label"] if l >= 0 else "" for l in kept_labels]
     area = {lid: float(regions[lid].area) for lid in set(kept_labels.tolist()) if lid >= 0}
     df = pd.DataFrame({
-        "path": [str(rel_dir / nm) for nm in names],
+        "path": [f"{rel_dir.as_posix()}/{nm}" for nm in names],
         "image_type": "tile",
         "label": label_names,
         "label_id": kept_labels.astype(np.int64),

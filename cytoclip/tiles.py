@@ -9,8 +9,9 @@ The steps, each callable on its own from a notebook:
    exceeds ``min_overlap`` (40 % in the paper), else ``-1``. :func:`label_tiles_naive` is the per-tile
    reference loop it is tested and benchmarked against.
 4. :func:`prepare_tiles` runs the above per section on the preparation engine (:mod:`cytoclip.prepare.engine`:
-   parallel over sections, resumable, atomic), reads the kept tiles in blocks from the pyramid, writes them as
-   JPEG files and a manifest (columns in ``docs/architecture.md``).
+   parallel over sections, resumable, atomic), reads the kept tiles band by band (tile rows) from the pyramid,
+   encodes them in memory and writes them as JPEG files or straight into WebDataset shards, and a manifest
+   (columns in ``docs/architecture.md``).
 
 Exactness of :func:`label_tiles`: it computes the exact polygon/box intersection areas (GEOS rectangle
 clipping or overlay, double precision) for every (tile, region) pair that meets, found with an STR-tree;
@@ -314,15 +315,15 @@ def _subsample(n: int, max_n: int | None, seed: int, specimen: Any, section: Any
 def _read_windows(section, boxes: np.ndarray, tile: int, mpp: float, block: int):
     """Yield ``(indices of boxes, (x0, y0) of the window, window)`` for every window holding any of ``boxes``.
 
-    A window is one tile row by ``block**2`` tile columns (the pixels of a ``block`` x ``block``-tile
-    square), windows in row-major order, so the tiles come in manifest order. Reading along tile rows
-    decodes each TIFF tile once: the tile rows crossing one TIFF tile row find its tiles in the section's
-    tile cache, which holds the most recent TIFF tile row (128 MB by default: 1024 px TIFF tiles across
-    sections up to ~43,000 px wide). Square windows marched band by band re-decoded ~40 % of the TIFF tiles
-    of a real-size section: a band touches two or three TIFF tile rows, more than the cache holds.
+    A window is a band of ``block`` tile rows across the boxes it holds (their bounding box), bands top to
+    bottom, so the tiles come in manifest order. One read per band decodes each TIFF tile it touches once,
+    in the TIFF's row-major order; the next band shares only the bottom TIFF tile row, decoded last, so the
+    section's tile cache (128 MB by default) needs to hold one TIFF tile row (1024 px TIFF tiles: sections up
+    to ~43,000 px wide) for every TIFF tile to be decoded once. Square windows cut the bands into chunks whose
+    TIFF tiles the cache could not keep from one band to the next (~40 % of a real-size section re-decoded).
     """
-    rows, cols = boxes[:, 1] // tile, boxes[:, 0] // tile
-    group = rows * (int(cols.max()) // (block * block) + 1 if len(cols) else 1) + cols // (block * block)
+    rows = boxes[:, 1] // tile
+    group = rows // block
     order = np.argsort(group, kind="stable")  # boxes arrive row-major: members stay in index order
     starts = np.flatnonzero(np.r_[True, group[order][1:] != group[order][:-1]]).tolist() if len(order) else []
     for s0, e0 in zip(starts, [*starts[1:], len(order)]):
@@ -470,7 +471,7 @@ def prepare_tiles(atlas: Any, output_dir: str | os.PathLike, tile: int = 224, mp
                   min_overlap: float = 0.4, min_tissue: float = 0.5, keep_unlabelled: bool = False,
                   workers: int | None = None, seed: int = 0, sections: Iterable | pd.DataFrame | None = None,
                   max_tiles_per_section: int | None = None, image_format: str = "jpg",
-                  tissue_mpp: float = 32, merge_spec: str = "identity", block: int = 8,
+                  tissue_mpp: float = 32, merge_spec: str = "identity", block: int = 1,
                   split: str = "tiles", val_fraction: float = 0.2, part: str | None = None,
                   format: str = "files", shard_size: int = engine.DEFAULT_SHARD_SIZE) -> Path:
     """Prepare the high-resolution tile dataset of an atlas (paper III-C) into ``output_dir``; returns it.
@@ -481,8 +482,9 @@ def prepare_tiles(atlas: Any, output_dir: str | os.PathLike, tile: int = 224, mp
     ``min_tissue`` on a ``tissue_mpp`` thumbnail), labelled by the leaf structure (``merge_spec="identity"``)
     covering more than ``min_overlap`` of the tile; unlabelled tissue tiles are kept only with
     ``keep_unlabelled`` (label ``""``, id -1). ``max_tiles_per_section`` draws a reproducible random subset
-    (``seed``). Tiles are read from the pyramid ``block`` x ``block`` tiles at a time and saved (JPEG
-    quality 90, or PNG) as ``tiles/specimen_<N>/<SEC>/<row>_<col>.<ext>``.
+    (``seed``). Tiles are read from the pyramid ``block`` tile rows at a time (a band across the section:
+    ``block`` x 224 x width x 3 bytes) and encoded in memory (JPEG quality 90, or PNG), saved as
+    ``tiles/specimen_<N>/<SEC>/<row>_<col>.<ext>`` or streamed straight into the shards.
 
     Output: ``manifest.parquet`` (columns ``MANIFEST_COLUMNS``; boxes in ``mpp`` px; ``split`` from
     ``cytoclip.splits.assign_split(manifest, split, seed, val_fraction)``, None for unlabelled tiles),
@@ -508,7 +510,7 @@ def prepare_tiles(atlas: Any, output_dir: str | os.PathLike, tile: int = 224, mp
     if max_tiles_per_section is not None and int(max_tiles_per_section) < 1:
         raise ValueError(f"max_tiles_per_section: expected a positive count or None, got {max_tiles_per_section!r}")
     if int(block) < 1:
-        raise ValueError(f"block: expected a positive number of tiles per read window, got {block!r}")
+        raise ValueError(f"block: expected a positive number of tile rows per read window, got {block!r}")
     if int(tile) < 1:
         raise ValueError(f"tile: expected a positive tile size in pixels, got {tile!r}")
     for name, value in (("mpp", mpp), ("tissue_mpp", tissue_mpp)):

@@ -445,7 +445,7 @@ def test_shard_writer_orders_samples_and_leaves_no_half_written_tar(tmp_path):
 
     import webdataset as wds
 
-    from cytoclip.prepare.shards import ShardWriter, _records, _tar_add, _tar_header, plan_shards
+    from cytoclip.prepare.shards import ShardWriter, _records, _tar_header, plan_shards
 
     rows = pd.DataFrame({"path": [f"tiles/specimen_1/5/{i}_0.jpg" for i in range(5)], "caption": list("abcde"),
                          "label_id": [1, 2, 3, -1, 2], "overlap": [0.5, 1.0, 0.75, 0.0, 0.25],
@@ -466,7 +466,9 @@ def test_shard_writer_orders_samples_and_leaves_no_half_written_tar(tmp_path):
 
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-            _tar_add(tar, name, b"0123456789")
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = 10, 0, 0o644
+            tar.addfile(info, io.BytesIO(b"0123456789"))
         assert _tar_header(name, 10) == buf.getvalue()[:512]
     # a failure mid-section: finished tars stay, the open one leaves no temporary, nothing else appears
     before = {t.name: t.read_bytes() for t in tars}

@@ -9,13 +9,11 @@ atomically. ``shards.json`` beside the manifest indexes them (section, sample co
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
@@ -57,7 +55,8 @@ _TAIL = b"0" + b"\x00" * 100 + b"ustar\x0000" + b"\x00" * (32 + 32 + 8 + 8 + 155
 
 
 def _tar_header(name: str, size: int) -> bytes:
-    """The 512-byte USTAR header tarfile writes for a member with :func:`_tar_add`'s fixed metadata.
+    """The 512-byte USTAR header tarfile writes for a member of fixed metadata (mode 0644, mtime 0: the same
+    inputs give the same bytes).
 
     Built directly (tarfile's ``TarInfo.tobuf`` costs more than a tile's JPEG encode); names over 100 bytes,
     which USTAR splits into a prefix, go through tarfile itself. Tested equal to tarfile's bytes.
@@ -70,12 +69,6 @@ def _tar_header(name: str, size: int) -> bytes:
     head = raw.ljust(100, b"\x00") + _MODE_IDS + b"%011o\x00" % size + b"00000000000\x00"
     chksum = sum(head) + 8 * 32 + sum(_TAIL)  # the checksum field counts as eight spaces
     return head + b"%06o\x00 " % chksum + _TAIL
-
-
-def _tar_add(tar: Any, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), 0, 0o644  # fixed metadata: the same inputs give the same bytes
-    tar.addfile(info, io.BytesIO(data))
 
 
 def plan_shards(rows: pd.DataFrame, key: str, shard_size: int) -> pd.DataFrame:

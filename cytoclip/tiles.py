@@ -9,8 +9,9 @@ The steps, each callable on its own from a notebook:
    exceeds ``min_overlap`` (40 % in the paper), else ``-1``. :func:`label_tiles_naive` is the per-tile
    reference loop it is tested and benchmarked against.
 4. :func:`prepare_tiles` runs the above per section on the preparation engine (:mod:`cytoclip.prepare.engine`:
-   parallel over sections, resumable, atomic), reads the kept tiles in blocks from the pyramid, writes them as
-   JPEG files and a manifest (columns in ``docs/architecture.md``).
+   parallel over sections, resumable, atomic), reads the kept tiles band by band (tile rows) from the pyramid,
+   encodes them in memory and writes them as JPEG files or straight into WebDataset shards, and a manifest
+   (columns in ``docs/architecture.md``).
 
 Exactness of :func:`label_tiles`: it computes the exact polygon/box intersection areas (GEOS rectangle
 clipping or overlay, double precision) for every (tile, region) pair that meets, found with an STR-tree;
@@ -21,6 +22,7 @@ and a share of 41 % or 39 % is decided exactly.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from pathlib import Path
@@ -35,6 +37,7 @@ from cytoclip.io import atomic_dir
 from cytoclip.ontology import load_merge_spec, merge_map
 from cytoclip.prepare import engine
 from cytoclip.prepare.engine import Kind, label_table
+from cytoclip.prepare.shards import ShardWriter, plan_shards
 
 __all__ = [
     "MANIFEST_COLUMNS",
@@ -309,26 +312,48 @@ def _subsample(n: int, max_n: int | None, seed: int, specimen: Any, section: Any
     return np.sort(rng.choice(n, size=int(max_n), replace=False))
 
 
-def _read_tiles_in_blocks(section, boxes: np.ndarray, tile: int, mpp: float, block: int):
-    """Yield ``(index, tile image)`` for ``boxes``, reading ``block`` x ``block``-tile windows at a time.
+def _read_windows(section, boxes: np.ndarray, tile: int, mpp: float, block: int):
+    """Yield ``(indices of boxes, (x0, y0) of the window, window)`` for every window holding any of ``boxes``.
 
-    Reading a window of neighbouring tiles (a band of tile rows, cut into column chunks to bound memory)
-    decodes each TIFF tile once instead of once per 224 px tile.
+    A window is a band of ``block`` tile rows across the boxes it holds (their bounding box), bands top to
+    bottom, so the tiles come in manifest order. One read per band decodes each TIFF tile it touches once,
+    in the TIFF's row-major order; the next band shares only the bottom TIFF tile row, decoded last, so the
+    section's tile cache (128 MB by default) needs to hold one TIFF tile row (1024 px TIFF tiles: sections up
+    to ~43,000 px wide) for every TIFF tile to be decoded once. Square windows cut the bands into chunks whose
+    TIFF tiles the cache could not keep from one band to the next (~40 % of a real-size section re-decoded).
     """
-    rows, cols = boxes[:, 1] // tile, boxes[:, 0] // tile
-    groups: dict[tuple[int, int], list[int]] = {}
-    for k, (r, c) in enumerate(zip(rows.tolist(), cols.tolist())):
-        groups.setdefault((r // block, c // block), []).append(k)
-    for (_, _), members in sorted(groups.items()):
+    rows = boxes[:, 1] // tile
+    group = rows // block
+    order = np.argsort(group, kind="stable")  # boxes arrive row-major: members stay in index order
+    starts = np.flatnonzero(np.r_[True, group[order][1:] != group[order][:-1]]).tolist() if len(order) else []
+    for s0, e0 in zip(starts, [*starts[1:], len(order)]):
+        members = order[s0:e0].tolist()
         sel = boxes[members]
         bx0, by0 = int(sel[:, 0].min()), int(sel[:, 1].min())
         bx1, by1 = int(sel[:, 2].max()), int(sel[:, 3].max())
         window = section.read_region(bx0, by0, bx1 - bx0, by1 - by0, mpp=mpp)
         if window.shape[:2] != (by1 - by0, bx1 - bx0):
             raise ValueError(f"read_region returned shape {window.shape}, expected ({by1 - by0}, {bx1 - bx0}, 3)")
+        yield members, (bx0, by0), window
+
+
+def _encoded_tiles(section, boxes: np.ndarray, tile: int, mpp: float, block: int, ext: str):
+    """Yield ``(index, encoded bytes)`` for ``boxes``: each tile as its ``ext`` file would hold it (PIL,
+    JPEG quality 90 or PNG), encoded in memory.
+
+    A window becomes one PIL image and its tiles are cropped from it (a C copy), instead of one
+    array copy plus one PIL conversion per tile; the pixels, hence the bytes, are the same.
+    """
+    fmt = _IMAGE_FORMATS[ext]
+    save_kw = {"quality": 90} if fmt == "JPEG" else {}
+    corners = boxes.tolist()
+    for members, (bx0, by0), window in _read_windows(section, boxes, tile, mpp, block):
+        image = Image.fromarray(np.ascontiguousarray(window[..., :3]))
         for k in members:
-            x0, y0, x1, y1 = (int(v) for v in boxes[k])
-            yield k, window[y0 - by0:y1 - by0, x0 - bx0:x1 - bx0]
+            x0, y0, x1, y1 = corners[k]
+            buf = io.BytesIO()
+            image.crop((x0 - bx0, y0 - by0, x1 - bx0, y1 - by0)).save(buf, format=fmt, **save_kw)
+            yield k, buf.getvalue()
 
 
 def _tile_dir(specimen: int, section: int) -> Path:
@@ -358,21 +383,14 @@ def _process_section(section, key: str, params: dict, context: dict, output_dir:
     kept_boxes = boxes[tissue_idx[keep]]
     kept_labels, kept_overlap, kept_frac = labels[keep], overlap[keep], frac[tissue_idx[keep]]
 
-    # the section's tiles go to a temporary folder renamed into place at the end: they appear all at once
     rel_dir = _tile_dir(sp, sec)
     ext = p["image_format"]
-    fmt = _IMAGE_FORMATS[ext]
-    save_kw = {"quality": 90} if fmt == "JPEG" else {}
-    names = [f"{int(b[1]) // tile}_{int(b[0]) // tile}.{ext}" for b in kept_boxes]
-    with atomic_dir(output_dir / rel_dir) as tmp_dir:
-        for k, img in _read_tiles_in_blocks(section, kept_boxes, tile, mpp, p["block"]):
-            Image.fromarray(np.ascontiguousarray(img[..., :3])).save(tmp_dir / names[k], format=fmt, **save_kw)
-
+    names = [f"{y // tile}_{x // tile}.{ext}" for x, y in kept_boxes[:, :2].tolist()]
     meta = context["labels"]
     label_names = [meta[int(l)]["label"] if l >= 0 else "" for l in kept_labels]
     area = {lid: float(regions[lid].area) for lid in set(kept_labels.tolist()) if lid >= 0}
     df = pd.DataFrame({
-        "path": [str(rel_dir / nm) for nm in names],
+        "path": [f"{rel_dir.as_posix()}/{nm}" for nm in names],
         "image_type": "tile",
         "label": label_names,
         "label_id": kept_labels.astype(np.int64),
@@ -398,6 +416,18 @@ def _process_section(section, key: str, params: dict, context: dict, output_dir:
         "col": (kept_boxes[:, 0] // tile).astype(np.int64),
         "tissue": kept_frac,
     }, columns=MANIFEST_COLUMNS)
+
+    tiles = _encoded_tiles(section, kept_boxes, tile, mpp, p["block"], ext)
+    if p.get("format", "files") == "shards":  # straight into the section's tars, in manifest order
+        df = plan_shards(df, key, int(p["shard_size"]))
+        with ShardWriter(df, output_dir) as writer:
+            for k, data in tiles:
+                writer.add(k, data)
+    else:  # a temporary folder renamed into place at the end: the section's tiles appear all at once
+        with atomic_dir(output_dir / rel_dir) as tmp_dir:
+            for k, data in tiles:
+                with open(tmp_dir / names[k], "wb") as fh:
+                    fh.write(data)
 
     counts = pd.Series(label_names, dtype=object)[kept_labels >= 0].value_counts()
     stats = {
@@ -429,7 +459,8 @@ def _summary(manifest: pd.DataFrame, records: list[dict], params: dict, context:
 
 
 #: The tiles dataset as a kind of the preparation engine.
-KIND = Kind(name="tiles", columns=MANIFEST_COLUMNS, process=_process_section, debris=_debris, summary=_summary)
+KIND = Kind(name="tiles", columns=MANIFEST_COLUMNS, process=_process_section, debris=_debris, summary=_summary,
+            writes_shards=True)
 
 #: Parameters that change a section's tiles (``block`` only changes how fast they are read).
 SECTION_PARAMS = ("tile", "mpp", "min_overlap", "min_tissue", "keep_unlabelled", "seed", "max_tiles_per_section",
@@ -440,7 +471,7 @@ def prepare_tiles(atlas: Any, output_dir: str | os.PathLike, tile: int = 224, mp
                   min_overlap: float = 0.4, min_tissue: float = 0.5, keep_unlabelled: bool = False,
                   workers: int | None = None, seed: int = 0, sections: Iterable | pd.DataFrame | None = None,
                   max_tiles_per_section: int | None = None, image_format: str = "jpg",
-                  tissue_mpp: float = 32, merge_spec: str = "identity", block: int = 8,
+                  tissue_mpp: float = 32, merge_spec: str = "identity", block: int = 1,
                   split: str = "tiles", val_fraction: float = 0.2, part: str | None = None,
                   format: str = "files", shard_size: int = engine.DEFAULT_SHARD_SIZE) -> Path:
     """Prepare the high-resolution tile dataset of an atlas (paper III-C) into ``output_dir``; returns it.
@@ -451,8 +482,9 @@ def prepare_tiles(atlas: Any, output_dir: str | os.PathLike, tile: int = 224, mp
     ``min_tissue`` on a ``tissue_mpp`` thumbnail), labelled by the leaf structure (``merge_spec="identity"``)
     covering more than ``min_overlap`` of the tile; unlabelled tissue tiles are kept only with
     ``keep_unlabelled`` (label ``""``, id -1). ``max_tiles_per_section`` draws a reproducible random subset
-    (``seed``). Tiles are read from the pyramid ``block`` x ``block`` tiles at a time and saved (JPEG
-    quality 90, or PNG) as ``tiles/specimen_<N>/<SEC>/<row>_<col>.<ext>``.
+    (``seed``). Tiles are read from the pyramid ``block`` tile rows at a time (a band across the section:
+    ``block`` x 224 x width x 3 bytes) and encoded in memory (JPEG quality 90, or PNG), saved as
+    ``tiles/specimen_<N>/<SEC>/<row>_<col>.<ext>`` or streamed straight into the shards.
 
     Output: ``manifest.parquet`` (columns ``MANIFEST_COLUMNS``; boxes in ``mpp`` px; ``split`` from
     ``cytoclip.splits.assign_split(manifest, split, seed, val_fraction)``, None for unlabelled tiles),
@@ -478,7 +510,7 @@ def prepare_tiles(atlas: Any, output_dir: str | os.PathLike, tile: int = 224, mp
     if max_tiles_per_section is not None and int(max_tiles_per_section) < 1:
         raise ValueError(f"max_tiles_per_section: expected a positive count or None, got {max_tiles_per_section!r}")
     if int(block) < 1:
-        raise ValueError(f"block: expected a positive number of tiles per read window, got {block!r}")
+        raise ValueError(f"block: expected a positive number of tile rows per read window, got {block!r}")
     if int(tile) < 1:
         raise ValueError(f"tile: expected a positive tile size in pixels, got {tile!r}")
     for name, value in (("mpp", mpp), ("tissue_mpp", tissue_mpp)):

@@ -413,3 +413,75 @@ def test_shards_in_parts_merge_equal_one_run(mini_atlas, tmp_path):
     assert read_json(one / "shards.json") == read_json(merged / "shards.json")
     for t in (one / "webdataset").glob("*.tar"):
         assert t.read_bytes() == (merged / "webdataset" / t.name).read_bytes()
+
+
+def test_tile_shards_hold_exactly_the_per_file_layout_bytes(mini_atlas, tmp_path):
+    """The streamed tars equal what packing the per-file layout's JPEGs gives (the old staged path),
+    member by member and byte for byte."""
+    import tarfile
+
+    from cytoclip.prepare.shards import pack_shards
+
+    kw = dict(max_tiles_per_section=30, keep_unlabelled=True, workers=1)
+    out = T.prepare_tiles(mini_atlas, tmp_path / "wds", format="shards", shard_size=7, **kw)
+    files = T.prepare_tiles(mini_atlas, tmp_path / "files", **kw)
+    m, f = pd.read_parquet(out / "manifest.parquet"), pd.read_parquet(files / "manifest.parquet")
+    for t in sorted((out / "webdataset").glob("*.tar")):
+        with tarfile.open(t) as tar:
+            for member in tar.getmembers():
+                if member.name.endswith(".jpg"):
+                    row = f.iloc[m.index[m["path"] == f"webdataset/{t.name}#{member.name}"][0]]
+                    assert tar.extractfile(member).read() == (files / row["path"]).read_bytes()
+    # the whole tars equal the packer of staged files (tarfile headers, rows from to_dict)
+    shards_dir = tmp_path / "packed"
+    rows = pd.read_parquet(files / "shards" / "S1_10.parquet")
+    packed = pack_shards(rows, files, shards_dir, "S1_10", 7)
+    for tar_rel in sorted(set(packed["shard"])):
+        assert (shards_dir / tar_rel).read_bytes() == (out / tar_rel).read_bytes()
+
+
+def test_shard_writer_orders_samples_and_leaves_no_half_written_tar(tmp_path):
+    import tarfile
+
+    import webdataset as wds
+
+    from cytoclip.prepare.shards import ShardWriter, _records, _tar_header, plan_shards
+
+    rows = pd.DataFrame({"path": [f"tiles/specimen_1/5/{i}_0.jpg" for i in range(5)], "caption": list("abcde"),
+                         "label_id": [1, 2, 3, -1, 2], "overlap": [0.5, 1.0, 0.75, 0.0, 0.25],
+                         "multi_labels": [["a"], ["b"], ["c"], [], ["b"]], "split": None})
+    planned = plan_shards(rows, "S1_5", 2)
+    assert _records(planned) == planned.to_dict(orient="records")
+    with ShardWriter(planned, tmp_path) as w:
+        for i in (1, 0, 4, 2, 3):  # any order in; row order out
+            w.add(i, f"jpeg-{i}".encode())
+    tars = sorted((tmp_path / "webdataset").glob("*.tar"))
+    assert [t.name for t in tars] == ["S1_5-000000.tar", "S1_5-000001.tar", "S1_5-000002.tar"]
+    samples = list(wds.WebDataset([str(t) for t in tars], shardshuffle=False))
+    assert [s["__key__"] for s in samples] == planned["key"].tolist()
+    assert [s["jpg"] for s in samples] == [f"jpeg-{i}".encode() for i in range(5)]
+    # headers as tarfile writes them, long names included (USTAR prefix)
+    for name in ("S1_5_0_0.jpg", "x" * 100, "d" * 120 + "/S1_5_0_0.json"):
+        import io
+
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = 10, 0, 0o644
+            tar.addfile(info, io.BytesIO(b"0123456789"))
+        assert _tar_header(name, 10) == buf.getvalue()[:512]
+    # a failure mid-section: finished tars stay, the open one leaves no temporary, nothing else appears
+    before = {t.name: t.read_bytes() for t in tars}
+    with pytest.raises(RuntimeError):
+        with ShardWriter(planned, tmp_path) as w:
+            w.add(0, b"new-0")
+            w.add(1, b"new-1")
+            w.add(2, b"new-2")  # opens the second tar
+            raise RuntimeError("killed")
+    assert sorted(p.name for p in (tmp_path / "webdataset").iterdir()) == sorted(before)
+    assert (tmp_path / "webdataset" / "S1_5-000001.tar").read_bytes() == before["S1_5-000001.tar"]
+    with pytest.raises(ValueError, match="not added"):
+        with ShardWriter(planned, tmp_path) as w:
+            w.add(0, b"x")
+    with pytest.raises(ValueError, match="given twice"):
+        ShardWriter(planned, tmp_path).add(7, b"x")

@@ -394,3 +394,51 @@ def test_prepare_tiles_on_smoke_synthetic_atlas(smoke_atlas, tmp_path):
     assert report["synthetic"] is True and report["n_sections"] == 2 and report["totals"]["background"] > 0
     tiles.prepare_tiles(smoke_atlas, tmp_path / "tiles", workers=1, sections=secs, max_tiles_per_section=20)
     assert read_json(out / "report.json")["resumed_sections"] == 2
+
+
+# ----------------------------------------------------------------------------- reading and encoding the tiles
+
+
+def test_reading_along_tile_rows_decodes_each_tiff_tile_once(layout_atlas):
+    """Square windows marched band by band re-decoded the TIFF tiles a band shares with the next one once the
+    cache had dropped them; a band read whole leaves that shared TIFF tile row the most recent in the cache."""
+    from cytoclip.atlas import Atlas
+
+    root, _, _ = layout_atlas
+    section = Atlas(root).section(1, 101)  # 8 x 6 tiles of 224 px; TIFF tiles of 256 px: 7 x 6 of them
+    section.tile_cache_bytes = 8 * 256 * 256 * 3  # one TIFF tile row (7 tiles) and a little more
+    boxes = tile_grid(*section.size(2), T)
+    got = {k: w[y0 - by0:y0 - by0 + T, x0 - bx0:x0 - bx0 + T].copy()
+           for members, (bx0, by0), w in tiles._read_windows(section, boxes, T, 2, block=2)
+           for k in members for x0, y0 in [boxes[k, :2].tolist()]}
+    assert sorted(got) == list(range(len(boxes)))
+    needed = {(y // 256, x // 256) for x0, y0, x1, y1 in boxes.tolist()
+              for y in range(y0, y1, 32) for x in range(x0, x1, 32)} | \
+             {((y1 - 1) // 256, (x1 - 1) // 256) for x0, y0, x1, y1 in boxes.tolist()}
+    assert section.tiles_decoded == len(needed)
+    ref = Atlas(root).section(1, 101)
+    for k in (0, 13, len(boxes) - 1):
+        x0, y0 = boxes[k, :2].tolist()
+        np.testing.assert_array_equal(got[k], ref.read_region(x0, y0, T, T, mpp=2))
+
+
+def test_encoded_tiles_are_the_bytes_pil_writes_for_each_tile(layout_atlas):
+    """In-memory encoding from one PIL image per window gives the bytes of ``Image.save(path, quality=90)``
+    on the tile's own pixels (what the per-file layout always wrote)."""
+    import io
+
+    from PIL import Image
+
+    from cytoclip.atlas import Atlas
+
+    root, _, _ = layout_atlas
+    section = Atlas(root).section(1, 101)
+    boxes = tile_grid(*section.size(2), T)[[0, 5, 9, 30, 47]]
+    encoded = dict(tiles._encoded_tiles(section, boxes, T, 2, 8, "jpg"))
+    png = dict(tiles._encoded_tiles(section, boxes[:2], T, 2, 8, "png"))
+    for k, (x0, y0, _, _) in enumerate(boxes.tolist()):
+        ref = io.BytesIO()
+        Image.fromarray(section.read_region(x0, y0, T, T, mpp=2)).save(ref, format="JPEG", quality=90)
+        assert encoded[k] == ref.getvalue()
+    assert png[1][:8] == b"\x89PNG\r\n\x1a\n"
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png[1]))), section.read_region(*boxes[1, :2], T, T, mpp=2))

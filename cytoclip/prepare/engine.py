@@ -81,6 +81,9 @@ class Kind:
       and the prefix of their names, so a rerun sweeps the temporaries that section's killed run left.
     - ``summary(manifest, records, params, context) -> dict``: the kind's own report entries.
     - ``columns``: manifest columns (``MANIFEST_COLUMNS`` plus the kind's extras), ``empty()`` a 0-row frame.
+    - ``writes_shards``: with ``format="shards"``, ``process`` itself streams the section's images into its
+      tars (:class:`cytoclip.prepare.shards.ShardWriter`, rows from ``plan_shards``) and returns those rows;
+      otherwise the engine stages the images as files in a temporary folder and packs them afterwards.
     """
 
     name: str
@@ -88,6 +91,7 @@ class Kind:
     process: Callable[..., tuple[pd.DataFrame, dict]]
     debris: Callable[[Path, int, int], list[tuple[Path, str]]]
     summary: Callable[..., dict]
+    writes_shards: bool = False
 
 
 class Interrupted(KeyboardInterrupt):
@@ -229,18 +233,18 @@ def run_section(task: dict) -> dict:
     rows_path, record_path = _shard_paths(out, key)
     record_path.unlink(missing_ok=True)
     old_files = _files_of(rows_path)  # a redo with other parameters must not leave the old images behind
-    sharded = params.get("format", "files") == "shards"
+    staged = params.get("format", "files") == "shards" and not kind.writes_shards
     t0 = time.perf_counter()
     section = stage = None
     try:
-        if sharded:  # images are staged in a temporary folder, then packed into the section's tars
+        if staged:  # images are staged in a temporary folder, then packed into the section's tars
             (out / WDS).mkdir(parents=True, exist_ok=True)
             stage = Path(tempfile.mkdtemp(prefix=f".{key}{TEMP_MARK}stage-", dir=out / WDS))
         section = atlas.section(sp, sec)
         check_resolution(section, params["mpp"])
-        rows, stats = kind.process(section, key, params, context, stage if sharded else out)
+        rows, stats = kind.process(section, key, params, context, stage if staged else out)
         ann = dict(getattr(section, "annotation_report", None) or {})
-        if sharded:
+        if staged:
             rows = pack_shards(rows, stage, out, key, int(params.get("shard_size", DEFAULT_SHARD_SIZE)))
     except Exception as exc:  # a corrupt TIFF or a bad annotation costs this section only
         return {"key": key, "ok": False, "reason": f"{type(exc).__name__}: {exc}"}

@@ -9,15 +9,14 @@ atomically. ``shards.json`` beside the manifest indexes them (section, sample co
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import tarfile
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
-from cytoclip.io import _UMASK, _json_default, temp_prefix, write_json
+from cytoclip.io import _json_default, atomic_path, write_json
 
 WDS = "webdataset"  # folder of the tars, relative to the dataset dir
 #: extra manifest columns of the shards format: the tar (relative path) and the sample key in it
@@ -118,7 +117,7 @@ class ShardWriter:
         self._pending: dict[int, tuple[bytes, bytes | None]] = {}
         self._next = 0
         self._fh = None
-        self._tmp: Path | None = None
+        self._open_tar: contextlib.ExitStack | None = None  # the tar being written: its atomic_path and file
         self._tar: str | None = None
         self._offset = 0
 
@@ -145,12 +144,10 @@ class ShardWriter:
 
     def abort(self) -> None:
         """Drop the tar being written (its temporary); finished tars stay."""
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-        if self._tmp is not None:
-            self._tmp.unlink(missing_ok=True)
-            self._tmp = self._tar = None
+        if self._open_tar is not None:
+            aborted = RuntimeError("ShardWriter aborted")
+            self._open_tar.__exit__(type(aborted), aborted, None)  # atomic_path removes the temporary
+            self._open_tar = self._fh = self._tar = None
 
     def __enter__(self) -> "ShardWriter":
         return self
@@ -180,13 +177,11 @@ class ShardWriter:
         self._offset += _BLOCK + len(data) + pad
 
     def _open(self, tar: str) -> None:
-        path = self.output_dir / tar
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=path.suffix, dir=path.parent)
-        os.close(fd)
-        self._tmp, self._tar, self._offset = Path(tmp), tar, 0
-        os.chmod(self._tmp, 0o666 & ~_UMASK)  # as atomic_path: artefacts are meant to be shared
-        self._fh = open(self._tmp, "wb", buffering=1 << 20)
+        # a tar outlives one call (samples arrive through add), so its atomic_path is held open on a stack
+        self._open_tar = contextlib.ExitStack()
+        tmp = self._open_tar.enter_context(atomic_path(self.output_dir / tar))
+        self._fh = self._open_tar.enter_context(open(tmp, "wb", buffering=1 << 20))
+        self._tar, self._offset = tar, 0
 
     def _finish(self) -> None:
         if self._fh is None:
@@ -194,10 +189,8 @@ class ShardWriter:
         # the end of a tar as tarfile writes it: two zero blocks, then zeros up to a whole record
         end = self._offset + 2 * _BLOCK
         self._fh.write(b"\x00" * (2 * _BLOCK + (-end % _RECORD)))
-        self._fh.close()
-        self._fh = None
-        os.replace(self._tmp, self.output_dir / self._tar)
-        self._tmp = self._tar = None
+        self._open_tar.close()  # closes the file, then atomic_path renames it into place
+        self._open_tar = self._fh = self._tar = None
 
 
 def pack_shards(rows: pd.DataFrame, stage: Path, output_dir: Path, key: str, shard_size: int) -> pd.DataFrame:

@@ -10,7 +10,6 @@ which a departure has no reason.
 
 from __future__ import annotations
 
-import re
 from typing import Any, Iterable
 
 __all__ = ["PAPER_PROFILE", "PROTOCOL_KEYS", "departures", "check_departures", "departure_note", "departure_summary"]
@@ -87,20 +86,16 @@ def departure_note(rows: list[dict[str, str]]) -> str:
     return "; ".join(f"{d['key']} {d['ours']} (paper {d['paper']})" for d in rows)
 
 
-def departure_summary(notes: Iterable[str]) -> list[str]:
-    """The departures of many rows (cells written by :func:`departure_note`), one line per key with every value
-    ours took: ["epochs 6, 10, 30 (paper 50)", "model tiny (paper hf:...)"], in protocol order."""
+def departure_summary(rows: Iterable[dict[str, Any]]) -> list[str]:
+    """The departures of many pages (:func:`departures` rows, as each page's ``results.json`` holds them), one
+    line per key with every value ours took: ["model tiny (paper hf:...)", "epochs 6, 10, 30 (paper 50)"], in
+    protocol order."""
     ours: dict[str, list[str]] = {}
     paper: dict[str, list[str]] = {}
-    for note in notes:
-        for part in str(note or "").split("; "):
-            m = re.match(r"^(\S+) (.*) \(paper (.*)\)$", part.strip())
-            if not m:
-                continue
-            key, o, p = m.groups()
-            for store, value in ((ours, o), (paper, p)):
-                if value not in store.setdefault(key, []):
-                    store[key].append(value)
+    for d in rows:
+        for store, value in ((ours, str(d["ours"])), (paper, str(d["paper"]))):
+            if value not in store.setdefault(d["key"], []):
+                store[d["key"]].append(value)
 
     def order(v: str) -> tuple:
         try:

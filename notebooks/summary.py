@@ -47,7 +47,8 @@ for t in report.TABLES:
     if len(sub):
         display(Markdown(f"**Table {t}: ours ({', '.join(data_labels)}) beside the paper (DHARANI)**"))
         display(HTML(report.table_html(report.paper_layout(sub, t))))
-        notes = protocol.departure_summary(sub["departures"].dropna())
+        pages = [results_root / e / "results.json" for e in sorted(set(sub["experiment"].dropna()))]
+        notes = protocol.departure_summary(d for p in pages if p.is_file() for d in read_json(p).get("departures") or [])
         if notes:
             display(Markdown("Departs from the paper:\n" + "\n".join(f"- {n}" for n in notes)))
 

@@ -113,8 +113,12 @@ def test_paper_layout_one_row_per_model():
 def test_departure_summary_groups_values_per_key():
     from cytoclip import protocol
 
-    notes = ["epochs 10 (paper 50); model tiny (paper hf:a)", "epochs 6 (paper 50); model tiny (paper hf:b)", None]
-    assert protocol.departure_summary(notes) == ["model tiny (paper hf:a, hf:b)", "epochs 6, 10 (paper 50)"]
+    pages = [[{"key": "epochs", "ours": 10, "paper": 50, "reason": "CPU"},
+              {"key": "model", "ours": "tiny", "paper": "hf:a", "reason": "no weights"}],
+             [{"key": "epochs", "ours": 6, "paper": 50, "reason": "CPU"},
+              {"key": "model", "ours": "tiny", "paper": "hf:b", "reason": "no weights"}], []]
+    rows = [d for page in pages for d in page]
+    assert protocol.departure_summary(rows) == ["model tiny (paper hf:a, hf:b)", "epochs 6, 10 (paper 50)"]
 
 
 # ------------------------------------------------------------------------------------------------ workflow
